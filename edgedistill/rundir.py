@@ -1,0 +1,320 @@
+"""The run directory: named paths, the manifest, and atomic stage outputs.
+
+A stage writes into temporary paths and renames them into place when it succeeds; its manifest
+entry is written last. A stage that was killed leaves its entry as ``running`` (or none), and
+``require`` refuses to hand its outputs to a later stage. A stage whose config hash and inputs
+are unchanged is skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgedistill import __version__
+from edgedistill.config import Recipe, apply_overrides, save_recipe, validate, _read_yaml
+from edgedistill.errors import ConfigError, StageMissing
+
+log = logging.getLogger(__name__)
+
+# The recipe sections each stage depends on: a change in one of them re-runs the stage.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "generate": ("task", "data", "teacher", "seed"),
+    "train": ("task", "student", "train", "seed"),
+    "merge": ("student",),
+    "export": ("export",),
+    "quantize": ("export",),
+    "eval": ("task", "eval", "teacher", "student"),
+    "bench": ("targets",),
+    "report": ("gates", "targets"),
+}
+
+TRACKED_PACKAGES = (
+    "torch", "transformers", "peft", "accelerate", "optimum", "optimum-onnx", "onnx",
+    "onnxruntime", "onnxruntime-genai", "llama-cpp-python", "openai",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"edgedistill": __version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def digest(path: Path) -> dict[str, Any]:
+    """bytes and sha256 of a file, or of a directory (over its files' relative paths and bytes)."""
+    if path.is_file():
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    if path.is_dir():
+        h = hashlib.sha256()
+        total = 0
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            d = digest(p)
+            total += d["bytes"]
+            h.update(f"{p.relative_to(path).as_posix()}\0{d['sha256']}\n".encode())
+        return {"bytes": total, "sha256": h.hexdigest()}
+    raise FileNotFoundError(path)
+
+
+def stage_command(stage: str, run: Path) -> str:
+    """The command that produces a stage's outputs (``export:gguf`` → ``export RUN --format gguf``)."""
+    base, _, part = stage.partition(":")
+    if base == "generate":
+        return f"edgedistill generate {run / 'config.yaml'} --run-dir {run}"
+    if base == "export" and part:
+        return f"edgedistill export {run} --format {part}"
+    if base == "bench":
+        return f"edgedistill bench {run} --target {part or 'cpu-x86'}"
+    return f"edgedistill {base} {run}"
+
+
+@dataclass
+class Stage:
+    """One stage's attempt. Use as a context manager; register outputs with ``output``."""
+
+    run: "Run"
+    name: str
+    config_hash: str
+    inputs: dict[str, dict[str, Any]]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _pending: list[tuple[Path, Path]] = field(default_factory=list)
+    _recorded: list[Path] = field(default_factory=list)
+    _t0: float = field(default_factory=time.time)
+
+    def output(self, final: Path) -> Path:
+        """A temporary path to write ``final`` into; it is renamed into place on success."""
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.partial")
+        _remove(tmp)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def record(self, path: Path) -> None:
+        """Record an output the stage wrote in place (e.g. an append-only resume log)."""
+        self._recorded.append(Path(path))
+
+    def __enter__(self) -> "Stage":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            for tmp, _ in self._pending:
+                _remove(tmp)
+            self.run._set_stage(self.name, {
+                "status": "failed", "config_hash": self.config_hash,
+                "error": f"{exc_type.__name__}: {exc}"[:500],
+                "seconds": round(time.time() - self._t0, 3),
+            })
+            return False
+        for tmp, final in self._pending:
+            if not tmp.exists():
+                raise RuntimeError(f"stage {self.name} registered {final} but never wrote it")
+            _remove(final)
+            tmp.rename(final)
+        outputs = {}
+        for p in [final for _, final in self._pending] + self._recorded:
+            outputs[self.run.rel(p)] = digest(p)
+        self.run._set_stage(self.name, {
+            "status": "done",
+            "config_hash": self.config_hash,
+            "inputs": self.inputs,
+            "outputs": outputs,
+            "metrics": self.metrics,
+            "seconds": round(time.time() - self._t0, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+        })
+        return False
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+class Run:
+    """A run directory. Paths are named here once; stages ask for them by name."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    # --- paths ---------------------------------------------------------------------------
+    config_path = property(lambda s: s.root / "config.yaml")
+    manifest_path = property(lambda s: s.root / "manifest.json")
+    data_dir = property(lambda s: s.root / "data")
+    prompts = property(lambda s: s.data_dir / "prompts.jsonl")
+    teacher_log = property(lambda s: s.data_dir / "teacher.jsonl")
+    rejected = property(lambda s: s.data_dir / "rejected.jsonl")
+    train_data = property(lambda s: s.data_dir / "train.jsonl")
+    eval_data = property(lambda s: s.data_dir / "eval.jsonl")
+    student_dir = property(lambda s: s.root / "student")
+    student_base = property(lambda s: s.student_dir / "base")  # imported GGUF student, if any
+    adapter_dir = property(lambda s: s.student_dir / "adapter")
+    checkpoints_dir = property(lambda s: s.student_dir / "checkpoints")
+    merged_dir = property(lambda s: s.student_dir / "merged")
+    export_dir = property(lambda s: s.root / "export")
+    onnx_dir = property(lambda s: s.export_dir / "onnx")
+    ortgenai_dir = property(lambda s: s.export_dir / "ortgenai")
+    gguf_dir = property(lambda s: s.export_dir / "gguf")
+    eval_dir = property(lambda s: s.root / "eval")
+    bench_dir = property(lambda s: s.root / "bench")
+    logs_dir = property(lambda s: s.root / "logs")
+    report_json = property(lambda s: s.root / "report.json")
+    report_md = property(lambda s: s.root / "report.md")
+    report_html = property(lambda s: s.root / "report.html")
+
+    def rel(self, p: Path) -> str:
+        p = Path(p).resolve()
+        try:
+            return p.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+    # --- creation and the recipe -----------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, recipe: Recipe, source: str | None = None) -> "Run":
+        run = cls(root)
+        run.root.mkdir(parents=True, exist_ok=True)
+        if run.config_path.exists():
+            old = _read_yaml(run.config_path)
+            if old != recipe.model_dump(mode="json"):
+                log.info("recipe changed; stages that depend on the changed keys will re-run")
+        save_recipe(recipe, run.config_path)
+        with run._manifest() as m:
+            m.setdefault("edgedistill_version", __version__)
+            m.setdefault("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            if source:
+                m["recipe"] = source
+        return run
+
+    @classmethod
+    def open(cls, root: Path, overrides: list[str] = ()) -> "Run":
+        run = cls(root)
+        if not run.config_path.exists():
+            what = "does not exist" if not run.root.exists() else "is not a run directory (no config.yaml)"
+            raise StageMissing(
+                f"{root} {what}.",
+                hint=f"Start a run with `edgedistill run RECIPE --run-dir {root}` "
+                f"or `edgedistill generate RECIPE --run-dir {root}`.",
+            )
+        if overrides:
+            raw = _read_yaml(run.config_path)
+            recipe = validate(Recipe, apply_overrides(Recipe, raw, list(overrides)), "--set")
+            save_recipe(recipe, run.config_path)
+            with run._manifest() as m:
+                m.setdefault("overrides", []).append(
+                    {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "set": list(overrides)}
+                )
+        return run
+
+    @property
+    def recipe(self) -> Recipe:
+        return validate(Recipe, _read_yaml(self.config_path), str(self.config_path))
+
+    # --- manifest --------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.manifest_path} is corrupt ({e}).",
+                              hint="Delete it to redo every stage.") from None
+        m.setdefault("stages", {})
+        return m
+
+    @contextlib.contextmanager
+    def _manifest(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write the manifest under a lock; written atomically (tmp → rename)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            m = self.read_manifest()
+            yield m
+            tmp = self.manifest_path.with_name(".manifest.json.partial")
+            with open(tmp, "w") as f:
+                json.dump(m, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.manifest_path)
+
+    def _set_stage(self, name: str, entry: dict[str, Any]) -> None:
+        with self._manifest() as m:
+            m["stages"][name] = entry
+
+    def stage_entry(self, name: str) -> dict[str, Any] | None:
+        return self.read_manifest()["stages"].get(name)
+
+    def done_stages(self) -> list[str]:
+        return [k for k, v in self.read_manifest()["stages"].items() if v.get("status") == "done"]
+
+    # --- stage protocol ----------------------------------------------------------------------
+    def config_hash(self, stage: str) -> str:
+        return self.recipe.section_hash(*STAGE_SECTIONS[stage.partition(":")[0]])
+
+    def begin(self, name: str, inputs: list[Path] = (), force: bool = False) -> Stage | None:
+        """Start stage ``name``; None when it is up to date (same config hash, same inputs)."""
+        config_hash = self.config_hash(name)
+        in_digests = {self.rel(p): digest(Path(p)) for p in inputs}
+        entry = self.stage_entry(name)
+        if (not force and entry and entry.get("status") == "done"
+                and entry.get("config_hash") == config_hash
+                and entry.get("inputs") == in_digests
+                and self._outputs_intact(entry)):
+            log.info("%s is up to date (use --force %s to redo it)", name, name.partition(":")[0])
+            return None
+        self._set_stage(name, {"status": "running", "config_hash": config_hash,
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return Stage(self, name, config_hash, in_digests)
+
+    def _outputs_intact(self, entry: dict[str, Any]) -> bool:
+        for rel, d in entry.get("outputs", {}).items():
+            p = self.root / rel
+            if not p.exists():
+                return False
+            size = p.stat().st_size if p.is_file() else sum(
+                q.stat().st_size for q in p.rglob("*") if q.is_file())
+            if size != d["bytes"]:
+                return False
+        return True
+
+    def require(self, stage: str, needed_by: str) -> dict[str, Any]:
+        """The manifest entry of a finished stage, or a StageMissing naming the command to run."""
+        entry = self.stage_entry(stage)
+        if entry and entry.get("status") == "done" and self._outputs_intact(entry):
+            return entry
+        have = sorted(self.rel(p) for p in self.root.rglob("*")
+                      if p.is_file() and not p.name.startswith(".") and p.parent != self.root
+                      and ".partial" not in p.as_posix())
+        shown = ", ".join(have[:12]) + (" …" if len(have) > 12 else "") if have else "nothing yet"
+        state = "was interrupted" if entry and entry.get("status") == "running" else (
+            "failed" if entry and entry.get("status") == "failed" else "has not run")
+        raise StageMissing(
+            f"{needed_by} needs the outputs of `{stage}`, which {state} in {self.root}.",
+            hint=f"The run has: {shown}\nRun `{stage_command(stage, self.root)}` first.",
+        )
+
+    def outputs(self, stage: str) -> list[Path]:
+        entry = self.stage_entry(stage) or {}
+        return [self.root / rel for rel in entry.get("outputs", {})]

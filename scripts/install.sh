@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs edgedistill and everything its stages need, on CPU, from a fresh clone:
+#   bash scripts/install.sh                      # then: edgedistill run
+#   bash scripts/install.sh --rebuild-llama-cpp  # recompile llama.cpp (e.g. after a CPU change)
+# PYTHON picks the interpreter (default python3); run it inside a venv if you prefer one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+REBUILD=0
+[ "${1:-}" = "--rebuild-llama-cpp" ] && REBUILD=1
+
+# 1. torch first, as the CPU build: left to the resolver, a newer torch would pull a CUDA build
+#    of several GB. 2.13.0 satisfies the project's range.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install "${TORCH_SPEC:-torch==2.13.0}"
+fi
+
+# 2. llama-cpp-python compiles llama.cpp (4-5 minutes on 2 cores). A native build on a CPU with
+#    AMX segfaults on the first multi-token decode of a quantized GGUF, so the build is portable,
+#    AMX off. --no-cache-dir: never reuse a wheel built with other flags.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+LLAMA_SPEC="llama-cpp-python[server]==0.3.36"
+if [ $REBUILD = 1 ]; then
+  "$PY" -m pip install --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
+  "$PY" -m pip install "$LLAMA_SPEC"
+elif ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  "$PY" -m pip install --no-cache-dir "$LLAMA_SPEC"
+fi
+
+# 3. edgedistill itself, editable, with the test tools.
+"$PY" -m pip install -e ".[all]"
+"$PY" -m edgedistill.cli --version
