@@ -82,8 +82,8 @@ def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], 
 def _stage(name: str, run_dir: str, overrides: tuple[str, ...], force: bool, **options) -> None:
     from edgedistill.pipeline import stage_fn
 
-    fn = stage_fn(name)  # fails with "not available yet" before touching the run
     run = _open(run_dir, overrides)
+    fn = stage_fn(name)
     fn(run, force=force, **options)
 
 

@@ -1,0 +1,26 @@
+"""The README's CLI reference is generated from --help and cannot drift; its set-up commands are
+the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_reference_matches_help():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/gen_cli_reference.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci/run").read_text()
+    install = re.search(r"^(bash scripts/install\.sh)", readme, re.M)
+    tests = re.search(r"^(python3 -m pytest)\s*$", readme, re.M)
+    assert install and tests, "README gives the install and test commands on their own lines"
+    assert install.group(1) in ci and tests.group(1) in ci
