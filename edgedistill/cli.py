@@ -100,7 +100,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "openai", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

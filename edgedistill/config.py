@@ -90,7 +90,9 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     save_steps: int = Field(50, ge=1)
     eval_steps: Union[int, None] = Field(None, ge=1)
-    packing: bool = True  # pack examples without cross-example attention; False groups by length
+    # false: batches of similar lengths, padded (measured fastest on CPU, scripts/bench_train.py);
+    # true: examples packed into one row without cross-example attention (no padding at all)
+    packing: bool = False
     kd: Union[KDConfig, None] = None
     seed: int = 0
 

@@ -67,7 +67,14 @@ def run_pipeline(run: Run, *, force: set[str] = frozenset(), until: str | None =
     """Every stage in order, each skipped when up to date; stops after ``until``."""
     options = options or {}
     for stage in STAGES:
-        stage_fn(stage)(run, force=stage in force, **options.get(stage, {}))
+        opts = options.get(stage, {})
+        if stage == "bench" and "target" not in opts:  # every target the recipe names
+            for target in run.recipe.targets:
+                stage_fn(stage)(run, force=stage in force, target=target, **opts)
+        elif stage == "report":  # always rewritten; a failed gate ends `run` with exit 1
+            stage_fn(stage)(run, force=True, **{"check": True, **opts})
+        else:
+            stage_fn(stage)(run, force=stage in force, **opts)
         if stage == until:
             log.info("stopped after %s (--until)", stage)
             return

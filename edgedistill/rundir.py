@@ -273,9 +273,13 @@ class Run:
     def config_hash(self, stage: str) -> str:
         return self.recipe.section_hash(*STAGE_SECTIONS[stage.partition(":")[0]])
 
-    def begin(self, name: str, inputs: list[Path] = (), force: bool = False) -> Stage | None:
-        """Start stage ``name``; None when it is up to date (same config hash, same inputs)."""
-        config_hash = self.config_hash(name)
+    def begin(self, name: str, inputs: list[Path] = (), force: bool = False,
+              config: dict[str, Any] | None = None) -> Stage | None:
+        """Start stage ``name``; None when it is up to date (same config hash, same inputs).
+        ``config``: the exact settings the stage depends on, hashed instead of its whole recipe
+        sections (e.g. one quantization that should not redo when another is added)."""
+        config_hash = self.config_hash(name) if config is None else hashlib.sha256(
+            json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
         in_digests = {self.rel(p): digest(Path(p)) for p in inputs}
         entry = self.stage_entry(name)
         if (not force and entry and entry.get("status") == "done"

@@ -27,6 +27,17 @@ elif ! "$PY" -c "import llama_cpp" 2>/dev/null; then
   "$PY" -m pip install --no-cache-dir "$LLAMA_SPEC"
 fi
 
-# 3. edgedistill itself, editable, with the test tools.
+# 3. OpenSSH server: tests/test_remote_bench.py runs `edgedistill bench --host` against a real sshd
+#    on 127.0.0.1 (Debian/Ubuntu package; skipped where apt-get or root is missing).
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y openssh-server || { apt-get update && apt-get install -y openssh-server; } \
+      || echo "openssh-server not installed: the remote bench test will be skipped"
+  else
+    echo "no sshd and no root apt-get: the remote bench test will be skipped"
+  fi
+fi
+
+# 4. edgedistill itself, editable, with the test tools.
 "$PY" -m pip install -e ".[all]"
 "$PY" -m edgedistill.cli --version

@@ -1,0 +1,272 @@
+"""What the device side measures: one artifact in this process, the machine, its memory bandwidth,
+and its energy sensor. Imports no torch (nor anything heavy at module level): it runs on devices.
+
+Timing of one artifact (``measure_artifact``), after ``warmup`` untimed runs, over
+``repetitions`` timed runs of a ``prompt_tokens`` prefill and ``generate_tokens`` greedy tokens
+(end-of-turn suppressed, so every run decodes the same count):
+
+- ``load_s``: ``runtimes.load`` in a fresh process (cold: file read, graph build);
+- ``ttft_ms``: from handing over the prompt ids to the first generated token (prefill + 1 step);
+- ``token_latency_ms``: every gap between consecutive generated tokens, all runs pooled;
+- ``decode_tokens_per_s``: per run, (tokens - 1) / (last token time - first token time). Its pXX is
+  the speed at the pXX of the per-run time per token, so p90 <= p50 (the slow tail);
+- ``peak_rss_mb``: this process's peak resident set (VmHWM), the interpreter included;
+- ``energy_per_token_j``: RAPL package energy over the timed runs / generated tokens, where
+  /sys/class/powercap exposes it; null otherwise (the reason is recorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RUNTIME_NAMES = {"gguf": "llama.cpp", "onnx": "onnxruntime", "ortgenai": "onnxruntime-genai", "hf": "transformers"}
+FILLER = ("The quick brown fox jumps over the lazy dog while the small robot counts every step "
+          "it takes across the long bridge over the quiet river near the old town. ")
+
+
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 90, 99)) -> dict[str, float | None]:
+    import numpy as np
+
+    if not values:
+        return {f"p{q}": None for q in qs}
+    arr = np.asarray(values, dtype=np.float64)
+    out: dict[str, float | None] = {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in qs}
+    out["mean"] = round(float(arr.mean()), 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _l3_cache_mb() -> float | None:
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (idx / "level").read_text().strip() == "3":
+                size = (idx / "size").read_text().strip().upper()
+                mult = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(size[-1], 1 / (1024 * 1024))
+                return round(float(size.rstrip("KMG")) * mult, 2)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def host_info() -> dict[str, Any]:
+    """The machine the numbers come from, as it describes itself."""
+    import psutil
+
+    return {
+        "hostname": platform.node(), "arch": platform.machine(), "cpu": _cpu_model(),
+        "cores_logical": os.cpu_count(), "cores_physical": psutil.cpu_count(logical=False),
+        "ram_mb": round(psutil.virtual_memory().total / 2**20), "l3_cache_mb": _l3_cache_mb(),
+        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+    }
+
+
+def measure_bandwidth(size_mb: int | None = None, repeats: int = 5) -> dict[str, Any]:
+    """Memory bandwidth by numpy copy (bytes read + bytes written per second), best of
+    ``repeats``, over buffers several times the L3 cache so DRAM is what is measured."""
+    import numpy as np
+    import psutil
+
+    l3 = _l3_cache_mb() or 32.0
+    if size_mb is None:
+        size_mb = int(max(256, 2 * l3))
+        size_mb = int(min(size_mb, psutil.virtual_memory().available / 2**20 / 6))
+    n = size_mb * 2**20 // 8
+    src = np.ones(n, dtype=np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    gbs = 2 * src.nbytes / best / 1e9
+    return {"copy_gbs": round(gbs, 2), "buffer_mb": size_mb, "repeats": repeats, "l3_cache_mb": l3,
+            "method": "numpy copyto, (read + write bytes) / best time, one thread"}
+
+
+# ---------------------------------------------------------------------------------------------
+# energy
+
+
+class EnergyMeter:
+    """RAPL package energy (/sys/class/powercap/intel-rapl:N/energy_uj), wrap-around handled."""
+
+    def __init__(self) -> None:
+        self.zones: list[tuple[Path, int]] = []
+        self.reason: str | None = None
+        root = Path("/sys/class/powercap")
+        if not root.is_dir():
+            self.reason = "no /sys/class/powercap on this machine (no RAPL sensor exposed)"
+            return
+        for zone in sorted(root.glob("intel-rapl:*")):
+            if zone.name.count(":") != 1:
+                continue  # sub-zones (core, uncore) are inside the package figure
+            try:
+                rng = int((zone / "max_energy_range_uj").read_text())
+                int((zone / "energy_uj").read_text())
+                self.zones.append((zone / "energy_uj", rng))
+            except (OSError, ValueError) as e:
+                self.reason = f"RAPL present but not readable ({e}); run as root or chmod energy_uj"
+        if not self.zones and self.reason is None:
+            self.reason = "no RAPL package zone under /sys/class/powercap"
+
+    @property
+    def available(self) -> bool:
+        return bool(self.zones)
+
+    def read(self) -> list[int]:
+        return [int(p.read_text()) for p, _ in self.zones]
+
+    def joules_since(self, start: list[int]) -> float:
+        total = 0
+        for (_, rng), a, b in zip(self.zones, start, self.read()):
+            total += b - a if b >= a else b + rng - a
+        return total / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# one artifact
+
+
+def runtime_version(kind: str) -> dict[str, Any]:
+    """The runtime's version and build flags, as the runtime reports them."""
+    if kind == "gguf":
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info()
+        return {"llama_cpp_python": llama_cpp.__version__,
+                "build": info.decode() if isinstance(info, bytes) else str(info)}
+    if kind == "onnx":
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
+                "build": ort.get_build_info() if hasattr(ort, "get_build_info") else None}
+    if kind == "ortgenai":
+        import onnxruntime_genai as og
+
+        return {"onnxruntime_genai": getattr(og, "__version__", None)}
+    return {}
+
+
+def prompt_ids_of_length(rt: Any, n: int) -> list[int]:
+    """Chat-template prompt ids of about ``n`` tokens (the last ``n`` when longer)."""
+    words = FILLER.split()
+    count = max(1, n)
+    ids: list[int] = []
+    for _ in range(12):
+        text = " ".join(words[i % len(words)] for i in range(count))
+        ids = rt.chat_prompt_ids([{"role": "user", "content": text}])
+        if len(ids) >= n:
+            break
+        count += max(1, n - len(ids))
+    return ids[-n:]
+
+
+def _rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM (reset at exec). ru_maxrss is not used on Linux: it
+    carries the parent's peak across fork+exec, which would charge the bench's own buffers."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
+
+
+def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load and time one artifact in this process. ``spec``: kind, path, threads, providers,
+    gpu_layers, prompt_tokens, generate_tokens, repetitions, warmup."""
+    from edgedistill import runtimes
+
+    kind = spec["kind"]
+    rss_before = _rss_mb()
+    t0 = time.perf_counter()
+    rt = runtimes.load(kind, spec["path"], threads=spec.get("threads"),
+                       providers=spec.get("providers") or None, gpu_layers=spec.get("gpu_layers", 0))
+    load_s = time.perf_counter() - t0
+    prompt = prompt_ids_of_length(rt, spec["prompt_tokens"])
+    n_gen = spec["generate_tokens"]
+    for _ in range(spec["warmup"]):
+        for _tok in rt.stream_ids(prompt, n_gen, ignore_eos=True):
+            pass
+    meter = EnergyMeter()
+    e0 = meter.read() if meter.available else None
+    ttft, gaps, rates, cpu_ms, produced = [], [], [], [], 0
+    for _ in range(spec["repetitions"]):
+        stamps, cpu = [], []
+        start = time.perf_counter()
+        for _tok in rt.stream_ids(prompt, n_gen, ignore_eos=True):
+            stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
+        produced += len(stamps)
+        ttft.append((stamps[0] - start) * 1e3)
+        gaps.extend((b - a) * 1e3 for a, b in zip(stamps, stamps[1:]))
+        if len(stamps) > 1:
+            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            cpu_ms.append((cpu[-1] - cpu[0]) * 1e3 / (len(cpu) - 1))
+    energy = meter.joules_since(e0) if e0 is not None else None
+    rt.close()
+    per_token_ms = sorted(1e3 / r for r in rates)
+    ms = percentiles(per_token_ms)
+    return {
+        "kind": kind, "runtime": RUNTIME_NAMES[kind], "runtime_version": runtime_version(kind),
+        "threads": spec.get("threads"), "providers": spec.get("providers") or [],
+        "gpu_layers": spec.get("gpu_layers", 0),
+        "prompt_tokens": len(prompt), "generate_tokens": n_gen, "tokens_per_run": produced // max(1, spec["repetitions"]),
+        "repetitions": spec["repetitions"], "warmup": spec["warmup"],
+        "load_s": round(load_s, 4),
+        "ttft_ms": percentiles(ttft),
+        "token_latency_ms": percentiles(gaps),
+        "decode_tokens_per_s": {k: (round(1e3 / v, 3) if v else None) for k, v in ms.items()},
+        "decode_tokens_per_s_runs": [round(r, 3) for r in rates],
+        "decode_cpu_ms_per_token": percentiles(cpu_ms),  # CPU time of all threads; wall time is above
+        "peak_rss_mb": round(_rss_mb(), 1), "rss_before_load_mb": round(rss_before, 1),
+        "energy_per_token_j": round(energy / produced, 6) if energy is not None and produced else None,
+        "energy_note": "RAPL package energy (whole socket, other processes included)" if energy is not None
+        else meter.reason,
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def artifact_bytes(path: str | Path) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(q.stat().st_size for q in p.rglob("*") if q.is_file())
+    if p.suffix == ".onnx":  # the graph and its external data beside it (model.onnx.data, model.onnx_data)
+        return sum(q.stat().st_size for q in p.parent.iterdir()
+                   if q.is_file() and (q.name.startswith(p.name) or q.name.startswith(p.stem + ".onnx")))
+    return p.stat().st_size
+
+
+def main_one(arg: str) -> int:
+    """``python -m edgedistill.bench --one JSON``: measure one artifact, print one JSON line."""
+    spec = json.loads(arg)
+    try:
+        out = measure_artifact(spec)
+    except Exception as e:  # noqa: BLE001 -- reported to the parent as this artifact's error
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+        return 1
+    print(json.dumps(out))
+    return 0

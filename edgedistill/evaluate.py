@@ -1,0 +1,212 @@
+"""eval: the retention ladder on the eval split.
+
+Rungs, each scored with the task's metric (:mod:`edgedistill.metrics`) on the same examples:
+the teacher (its answers from ``generate``, never asked again), the student before distillation,
+the merged student, and every exported artifact run in its own runtime
+(:mod:`edgedistill.runtimes`). The reference of an example is its gold answer when the data has
+one, else the teacher's reply; the summary says which. Every rung writes its per-example outputs
+and scores to RUN/eval/<rung>.jsonl, so each score can be recomputed; RUN/eval/summary.json holds
+the corpus scores and ``retention = score / teacher score``.
+
+A rung whose model, eval settings and data are unchanged since the last eval is reused, so adding
+one artifact re-scores only that artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedistill import metrics
+from edgedistill.data import read_jsonl, write_jsonl
+from edgedistill.errors import DataError
+from edgedistill.rundir import Run, Stage, digest
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+TEACHER, BASE, MERGED = "teacher", "student_base", "student_merged"
+
+
+def reference_of(rec: dict[str, Any]) -> tuple[str, str, bool] | None:
+    """(source, reference text, is a full reply) for one eval record; None when it has neither a
+    gold answer nor a teacher reply."""
+    gold = rec.get("answer")
+    if gold is not None and str(gold).strip():
+        return "gold", str(gold), False
+    if rec.get("response"):
+        return "teacher", rec["response"], True
+    return None
+
+
+def _examples(run: Run) -> tuple[list[dict[str, Any]], int]:
+    recipe = run.recipe
+    records = read_jsonl(run.eval_data)
+    if recipe.eval.limit:
+        records = records[: recipe.eval.limit]
+    usable = [r for r in records if reference_of(r) is not None]
+    return usable, len(records) - len(usable)
+
+
+def _score_rows(task: str, examples: list[dict[str, Any]],
+                outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for rec, out in zip(examples, outputs):
+        source, ref, is_reply = reference_of(rec)
+        scores = metrics.score_example(task, out.get("prediction"), ref, is_reply, rec)
+        rows.append({"id": rec["id"], "reference_source": source, "reference": ref, **out, **scores})
+    return rows
+
+
+def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new_tokens: int,
+                  label: str) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    from edgedistill import runtimes
+
+    outputs = []
+    t0 = time.perf_counter()
+    with runtimes.load(kind, path) as rt:
+        loaded = time.perf_counter() - t0
+        for rec in tqdm(examples, desc=f"eval {label}", unit="ex", leave=False):
+            g = rt.generate(rec["messages"], max_new_tokens)
+            outputs.append({"prediction": g.text, "finish_reason": g.finish_reason,
+                            "prompt_tokens": len(g.prompt_ids), "new_tokens": len(g.token_ids),
+                            "seconds": round(g.seconds, 4)})
+    log.info("eval %s: loaded in %.1f s, %d examples in %.1f s", label, loaded, len(examples),
+             time.perf_counter() - t0 - loaded)
+    return outputs
+
+
+def _rungs(run: Run) -> list[dict[str, Any]]:
+    """What to score besides the teacher: base student, merged student, every artifact."""
+    from edgedistill.student import student_path
+
+    recipe = run.recipe
+    rungs: list[dict[str, Any]] = [
+        {"name": BASE, "kind": "hf", "path": Path(student_path(run)), "model": recipe.student.model},
+    ]
+    if (run.merged_dir / "config.json").is_file():
+        rungs.append({"name": MERGED, "kind": "hf", "path": run.merged_dir,
+                      "model": run.rel(run.merged_dir)})
+    else:
+        log.warning("no merged student in %s (run `edgedistill merge %s`); the ladder skips it",
+                    run.merged_dir, run.root)
+    for art in _artifacts(run):
+        from edgedistill.runtimes import kind_of
+
+        rungs.append({"name": art["id"], "kind": kind_of(art["format"]), "path": Path(art["path"]),
+                      "model": run.rel(Path(art["path"])), "sha256": art.get("sha256"),
+                      "artifact": True})
+    return rungs
+
+
+def _artifacts(run: Run) -> list[dict[str, Any]]:
+    try:
+        from edgedistill.formats import list_artifacts
+    except ImportError:
+        log.warning("this edgedistill has no exporter (edgedistill.formats); no artifacts to score")
+        return []
+    return list_artifacts(run)
+
+
+def _rung_key(rung: dict[str, Any], settings: dict[str, Any]) -> str:
+    model = rung.get("sha256") or digest(Path(rung["path"]))["sha256"]
+    blob = json.dumps({"model": model, "kind": rung["kind"], **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate(run: Run, *, force: bool = False) -> None:
+    """Score the teacher, the student before and after distillation, and every artifact."""
+    run.require("generate", needed_by="eval")
+    recipe = run.recipe
+    task = recipe.task
+    rungs = _rungs(run)
+    inputs = [run.eval_data] + [r["path"] for r in rungs if r["name"] != BASE]
+    stage = run.begin("eval", inputs=inputs, force=force)
+    if stage is None:
+        return
+    examples, skipped = _examples(run)
+    if not examples:
+        raise DataError(f"{run.eval_data} has no example with a gold answer or a teacher reply.",
+                        hint=f"Re-run `edgedistill generate {run.config_path} --run-dir {run.root} --force`.")
+    sources = {reference_of(r)[0] for r in examples}
+    settings = {"task": task, "max_new_tokens": recipe.eval.max_new_tokens, "ids": [r["id"] for r in examples],
+                "data": digest(run.eval_data)["sha256"], "metrics_version": 1}
+    previous = _previous(run)
+    metric = metrics.primary_metric(task)
+    summary: dict[str, Any] = {
+        "metric": metric, "task": task,
+        "reference": sources.pop() if len(sources) == 1 else "mixed",
+        "n": len(examples), "skipped_no_reference": skipped,
+        "max_new_tokens": recipe.eval.max_new_tokens, "rungs": {},
+    }
+    with stage:
+        teacher_rows = _score_rows(task, examples, [
+            {"prediction": r.get("response"), "finish_reason": (r.get("provenance") or {}).get("finish_reason"),
+             "rejected": r.get("rejected")} for r in examples])
+        _write_rung(run, stage, summary, {"name": TEACHER, "model": recipe.teacher.model, "kind": "teacher"},
+                    teacher_rows, task, key=None)
+        for rung in rungs:
+            key = _rung_key(rung, settings)
+            old = previous.get(rung["name"], {})
+            path = run.eval_dir / f"{rung['name']}.jsonl"
+            if not force and old.get("key") == key and path.is_file():
+                log.info("eval %s: unchanged, reusing %s", rung["name"], run.rel(path))
+                rows = read_jsonl(path)
+            else:
+                outputs = _generate_all(rung["kind"], rung["path"], examples,
+                                        recipe.eval.max_new_tokens, rung["name"])
+                rows = _score_rows(task, examples, outputs)
+            _write_rung(run, stage, summary, rung, rows, task, key=key)
+        teacher_score = summary["rungs"][TEACHER]["score"]
+        for entry in summary["rungs"].values():
+            entry["retention"] = round(entry["score"] / teacher_score, 6) if teacher_score > 0 else None
+        _write_json(stage.output(run.eval_dir / SUMMARY), summary)
+        stage.metrics.update(metric=metric, reference=summary["reference"], n=len(examples),
+                             scores={k: v["score"] for k, v in summary["rungs"].items()},
+                             retention={k: v["retention"] for k, v in summary["rungs"].items()})
+    _log_ladder(summary)
+    log.info("Wrote %s", run.eval_dir / SUMMARY)
+
+
+def _write_rung(run: Run, stage: Stage, summary: dict[str, Any], rung: dict[str, Any],
+                rows: list[dict[str, Any]], task: str, key: str | None) -> None:
+    path = run.eval_dir / f"{rung['name']}.jsonl"
+    write_jsonl(stage.output(path), rows)
+    agg = metrics.aggregate(rows, task)
+    summary["rungs"][rung["name"]] = {
+        "kind": rung["kind"], "model": str(rung.get("model")), "artifact": bool(rung.get("artifact")),
+        "score": agg["score"], "metrics": agg, "file": run.rel(path), "key": key,
+    }
+
+
+def _write_json(path: Path, summary: dict[str, Any]) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _previous(run: Run) -> dict[str, Any]:
+    p = run.eval_dir / SUMMARY
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text()).get("rungs", {})
+    except json.JSONDecodeError:
+        return {}
+
+
+def load_summary(run: Run) -> dict[str, Any] | None:
+    p = run.eval_dir / SUMMARY
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _log_ladder(summary: dict[str, Any]) -> None:
+    log.info("%-24s %10s %10s   (%s vs %s answers, n=%d)", "rung", summary["metric"], "retention",
+             summary["metric"], summary["reference"], summary["n"])
+    for name, e in summary["rungs"].items():
+        ret = "-" if e["retention"] is None else f"{e['retention']:.3f}"
+        log.info("%-24s %10.3f %10s", name, e["score"], ret)

@@ -1,0 +1,194 @@
+"""GGUF through llama.cpp's own converter and quantizer.
+
+The converter (``convert_hf_to_gguf.py``, its ``conversion/`` package and the matching ``gguf-py``)
+is taken from the sdist of the INSTALLED llama-cpp-python version, so the files it writes are the
+files the installed llama.cpp reads; it is cached under ``cache_dir()/llama.cpp-<version>/`` and run
+as a subprocess. A user's own llama.cpp checkout (``export.llama_cpp_dir``) may be given instead.
+Quantization goes through ``llama_cpp.llama_model_quantize``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from edgedistill.config import cache_dir
+from edgedistill.errors import ArtifactError, ConfigError, NotAvailable
+
+log = logging.getLogger(__name__)
+
+_WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+
+@dataclass(frozen=True)
+class Converter:
+    script: Path
+    gguf_py: Path
+    version: str  # what the manifest records as the llama.cpp version
+    source: str
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.gguf_py), "NO_LOCAL_GGUF": ""}
+
+
+def llama_cpp_python_version() -> str:
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        raise NotAvailable("llama-cpp-python is not installed; GGUF export and quantization need it.",
+                           hint="Install it with scripts/install.sh (it builds llama.cpp).") from None
+
+
+def converter(llama_cpp_dir: str | None = None) -> Converter:
+    """The llama.cpp converter: a given checkout, or the one matching llama-cpp-python (cached)."""
+    if llama_cpp_dir:
+        root = Path(llama_cpp_dir)
+        script = root / "convert_hf_to_gguf.py"
+        if not script.exists() or not (root / "gguf-py").is_dir():
+            raise ConfigError(f"export.llama_cpp_dir {root} is not a llama.cpp checkout "
+                              "(no convert_hf_to_gguf.py and gguf-py/ there).",
+                              hint="Point it at a llama.cpp clone, or unset it to use the converter "
+                              "matching the installed llama-cpp-python.")
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--tags", "--always"],
+                             capture_output=True, text=True)
+        version = rev.stdout.strip() if rev.returncode == 0 else "unknown (not a git checkout)"
+        return Converter(script, root / "gguf-py", f"llama.cpp {version}", str(root))
+    version = llama_cpp_python_version()
+    root = cache_dir() / f"llama.cpp-{version}"
+    if not (root / "convert_hf_to_gguf.py").exists():
+        _fetch(version, root)
+    return Converter(root / "convert_hf_to_gguf.py", root / "gguf-py",
+                     f"llama-cpp-python {version} (vendored llama.cpp)",
+                     f"sdist llama-cpp-python=={version}")
+
+
+def _fetch(version: str, root: Path) -> None:
+    """Take the converter out of the llama-cpp-python sdist of ``version`` (nothing is installed)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log.info("fetching llama.cpp's converter from the llama-cpp-python %s sdist", version)
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+             f"llama-cpp-python=={version}", "-d", tmp], capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not sdists:
+            raise NotAvailable(
+                f"Could not download the llama-cpp-python {version} sdist for llama.cpp's converter:"
+                f" {proc.stderr.strip()[-300:]}",
+                hint="Give a llama.cpp checkout instead: --set export.llama_cpp_dir=/path/to/llama.cpp")
+        staging = Path(tmp) / "staging"
+        with tarfile.open(sdists[0]) as tar:
+            for member in tar.getmembers():
+                _, sep, rel = member.name.partition("/vendor/llama.cpp/")
+                if sep and member.isfile() and rel.startswith(_WANTED):
+                    member.name = rel
+                    tar.extract(member, staging, filter="data")
+        if not (staging / "convert_hf_to_gguf.py").exists():
+            raise NotAvailable(f"The llama-cpp-python {version} sdist carries no convert_hf_to_gguf.py.",
+                               hint="Give a llama.cpp checkout: --set export.llama_cpp_dir=PATH")
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+
+
+def supported_architectures(conv: Converter) -> tuple[str, ...]:
+    """The HF architectures the converter registers (``@ModelBase.register(...)``), read from its
+    source: cheap, where ``--print-supported-models`` would start the whole converter."""
+    names: set[str] = set()
+    root = conv.script.parent
+    for src in [conv.script, *sorted((root / "conversion").glob("*.py"))]:
+        for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", src.read_text()):
+            names.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", args))
+    return tuple(sorted(names))
+
+
+def convert(merged: Path, out: Path, outtype: str, conv: Converter, log_file: Path) -> None:
+    """HF directory → GGUF (f16/bf16/f32) with llama.cpp's converter, run as a subprocess."""
+    arch = (json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])[0]
+    supported = supported_architectures(conv)
+    if supported and arch not in supported:
+        raise ArtifactError(
+            f"GGUF: llama.cpp's converter ({conv.version}) cannot take the {arch} architecture.",
+            hint=f"Supported architectures: {', '.join(supported)}.")
+    cmd = [sys.executable, str(conv.script), str(merged), "--outfile", str(out), "--outtype", outtype]
+    log.info("converting %s to GGUF (%s) with %s", merged, outtype, conv.script)
+    with open(log_file, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=conv.env())
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-800:]
+        raise ArtifactError(f"GGUF: llama.cpp's converter failed on {merged} (exit {proc.returncode}).",
+                            hint=f"Its last output ({log_file}):\n{tail}")
+    _match_space_prefix(merged, out, conv)
+
+
+_REWRITE = """
+import sys, gguf
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata, get_field_data
+src, dst = sys.argv[1], sys.argv[2]
+reader = gguf.GGUFReader(src, "r")
+writer = gguf.GGUFWriter(dst, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE),
+                         endianess=reader.endianess)
+alignment = get_field_data(reader, gguf.Keys.General.ALIGNMENT)
+if alignment is not None:
+    writer.data_alignment = alignment
+copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.ADD_PREFIX:
+                       MetadataDetails(gguf.GGUFValueType.BOOL, False)}, [])
+"""
+
+
+def _match_space_prefix(merged: Path, out: Path, conv: Converter) -> None:
+    """A SentencePiece tokenizer whose HF pre-tokenizer never prepends '▁' after special tokens
+    (Metaspace prepend_scheme "never"/"first") gets ``tokenizer.ggml.add_space_prefix = false``:
+    the converter leaves the key out, and llama.cpp's default (true) inserts a '▁' after every
+    special token, so chat prompts would tokenize differently from the student's own tokenizer."""
+    tok_json = merged / "tokenizer.json"
+    if not tok_json.exists():
+        return
+    pre = json.loads(tok_json.read_text()).get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if not any(p.get("type") == "Metaspace" and p.get("prepend_scheme") in ("never", "first")
+               for p in pres):
+        return
+    fixed = out.with_name(out.name + ".prefix")
+    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(out), str(fixed)],
+                          capture_output=True, text=True, env=conv.env())
+    if proc.returncode != 0:
+        fixed.unlink(missing_ok=True)
+        raise ArtifactError(f"GGUF: could not set add_space_prefix on {out}: {proc.stderr[-500:]}")
+    fixed.replace(out)
+    log.info("set tokenizer.ggml.add_space_prefix=false to match the HF tokenizer")
+
+
+def quant_types() -> dict[str, int]:
+    import llama_cpp
+
+    return {n.removeprefix("LLAMA_FTYPE_MOSTLY_").lower(): getattr(llama_cpp, n)
+            for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")}
+
+
+def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> None:
+    """GGUF → quantized GGUF with llama.cpp's quantizer (``llama_model_quantize``)."""
+    import ctypes
+
+    import llama_cpp
+
+    types = quant_types()
+    if qtype.lower() not in types:
+        raise ConfigError(f"Unknown GGUF quantization type {qtype!r} in export.quantize.gguf.",
+                          hint=f"llama.cpp names: {', '.join(sorted(types))}.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = types[qtype.lower()]
+    params.nthread = threads or 0
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.exists():
+        raise ArtifactError(f"GGUF: llama.cpp's quantizer failed ({qtype}, code {rc}) on {src}.")

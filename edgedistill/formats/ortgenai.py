@@ -1,0 +1,82 @@
+"""ONNX Runtime GenAI packages (what Android/iOS apps run) through its model builder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from edgedistill.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+# ORT GenAI's tokenizer (onnxruntime-extensions) picks its BPE flavour from tokenizer_class; for
+# a LlamaTokenizer it splits digits as original Llama did, which a SentencePiece model trained
+# without split_digits does not. These classes are tried, in order, when the package's encoding
+# differs from the student's HF tokenizer; the first that matches is kept and recorded.
+_SPM_CLASSES = ("GemmaTokenizer",)
+
+
+def supported_architectures() -> list[str]:
+    import onnxruntime_genai.models.builder as builder
+
+    src = Path(builder.__file__).read_text()
+    return sorted(set(re.findall(r'config\.architectures\[0\] == "(\w+)"', src)))
+
+
+def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
+          block_size: int = 32) -> None:
+    """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir."""
+    arch = (json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])[0]
+    supported = supported_architectures()
+    if arch not in supported:
+        raise ArtifactError(
+            f"ORT GenAI: the model builder cannot take the {arch} architecture.",
+            hint=f"Supported architectures: {', '.join(supported)}.")
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(merged),
+           "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache)]
+    if precision == "int4":
+        cmd += ["--extra_options", f"int4_block_size={block_size}", "int4_accuracy_level=4"]
+    log.info("building the ORT GenAI %s package from %s", precision, merged)
+    with open(log_file, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not (out_dir / "genai_config.json").exists():
+        raise ArtifactError(f"ORT GenAI: the model builder failed on {merged} "
+                            f"(exit {proc.returncode}).",
+                            hint=f"Its last output ({log_file}):\n{log_file.read_text()[-800:]}")
+
+
+def _og_ids(pkg: Path, texts: list[str]) -> list[list[int]]:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(pkg))
+    model = og.Model(config)
+    tok = og.Tokenizer(model)
+    return [[int(i) for i in tok.encode(t)] for t in texts]
+
+
+def fit_tokenizer(pkg: Path, merged: Path, texts: list[str]) -> str | None:
+    """Make the package's tokenizer encode ``texts`` exactly as the student's HF tokenizer does.
+    Returns the tokenizer_class override it applied, or None when none was needed (or none helped:
+    parity then reports the difference)."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(merged)
+    want = [hf.encode(t, add_special_tokens=True) for t in texts]
+    if _og_ids(pkg, texts) == want:
+        return None
+    cfg_path = pkg / "tokenizer_config.json"
+    original = cfg_path.read_text()
+    cfg = json.loads(original)
+    if "llama" not in str(cfg.get("tokenizer_class", "")).lower():
+        return None
+    for cls in _SPM_CLASSES:
+        cfg_path.write_text(json.dumps({**cfg, "tokenizer_class": cls}, indent=2))
+        if _og_ids(pkg, texts) == want:
+            log.info("ORT GenAI tokenizer: tokenizer_class %s matches the student's encodings", cls)
+            return cls
+    cfg_path.write_text(original)
+    return None

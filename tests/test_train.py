@@ -1,0 +1,231 @@
+"""`edgedistill train` on the tiny Llama: adapter moves, base does not; completion-only labels;
+packing without cross-example attention; KD; resume after SIGKILL; 2-process accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgedistill.errors import ConfigError
+from edgedistill.rundir import digest
+from trainkit import make_run, records
+
+# one thread per process: on a shared 2-core machine OpenMP spinning makes tiny steps erratic
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(Path(__file__).parents[1])}
+
+
+def _adapter_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter_model.safetensors")
+
+
+def test_train_moves_the_adapter_not_the_base(tmp_path, tiny_model_dir):
+    from edgedistill.train import train
+
+    before = digest(tiny_model_dir)
+    run = make_run(tmp_path, tiny_model_dir, max_steps=6)
+    train(run)
+    assert digest(tiny_model_dir) == before  # base weights untouched on disk
+    weights = _adapter_tensors(run.adapter_dir)
+    assert weights and all("lora_" in k for k in weights)  # only adapter weights saved
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert len(lora_b) == 2 * 4  # 2 layers x q,k,v,o
+    assert all(float(t.abs().max()) > 0 for t in lora_b)  # LoRA B starts at zero: it moved
+
+    entry = run.stage_entry("train")
+    m = entry["metrics"]
+    assert entry["status"] == "done" and m["steps"] == 6 and m["seed"] == 0
+    assert m["eval_loss"] is not None and m["train_examples"] == 24 and m["eval_examples"] == 6
+    assert m["tokens_per_s"] > 0 and m["trained_tokens"] < m["train_tokens"]
+    rows = [json.loads(line) for line in (run.logs_dir / "train.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in step_rows] == list(range(1, 7))
+    assert all({"step", "loss", "lr", "tokens_per_s"} <= set(r) for r in step_rows)
+    assert any("eval_loss" in r for r in rows)
+    assert "student/adapter" in entry["outputs"] and "logs/train.jsonl" in entry["outputs"]
+    assert not run.checkpoints_dir.exists()  # cleared once the adapter is in place
+
+    stamp = run.stage_entry("train")["finished_at"]
+    train(run)  # up to date: nothing redone
+    assert run.stage_entry("train")["finished_at"] == stamp
+
+
+def test_labels_cover_only_the_assistant_turn(tiny_model_dir):
+    from edgedistill.collate import IGNORE, encode_example
+    from edgedistill.student import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    rec = {"id": "x", "messages": [{"role": "system", "content": "Be short."},
+                                   {"role": "user", "content": "What is 2 + 2?"}],
+           "response": "The answer is 4."}
+    enc = encode_example(tok, rec, 256)
+    trained = [t for t in enc["labels"] if t != IGNORE]
+    assert tok.decode(trained) == "The answer is 4.<|im_end|>\n"
+    assert enc["labels"][: enc["response_start"]] == [IGNORE] * enc["response_start"]
+    assert encode_example(tok, rec, enc["response_start"]) is None  # prompt alone fills max_length
+
+
+def test_packing_does_not_leak_attention_across_examples(tiny_model_dir):
+    """Logits of examples packed into one row equal their logits when run alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgedistill.collate import Collator, encode_example
+    from edgedistill.student import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    examples = [encode_example(tok, r, 256) for r in records(3)]
+    packed = Collator(pad_id=tok.pad_token_id, packing=True)(examples)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        # no KV cache, as in training (use_cache=False): only then are packed rows detected
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                         use_cache=False).logits[0]
+        start = 0
+        for e in examples:
+            alone = model(input_ids=torch.tensor([e["input_ids"]])).logits[0]
+            part = together[start:start + len(e["input_ids"])]
+            assert torch.allclose(part, alone, atol=1e-5), (part - alone).abs().max()
+            start += len(e["input_ids"])
+        # the control: the same row without position_ids restarts attends across examples
+        leaky = model(input_ids=packed["input_ids"], use_cache=False).logits[0]
+    assert not torch.allclose(leaky[-5:], together[-5:], atol=1e-3)
+
+
+def test_kd_loss_is_zero_when_distributions_are_equal():
+    import torch
+
+    from edgedistill.kd import topk_kl
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 50)
+    top = torch.log_softmax(logits, -1).topk(5, dim=-1)
+    ids = top.indices.clone()
+    ids[0, 3] = -1  # a position without teacher signal
+    for t in (1.0, 2.0):
+        kl, n = topk_kl(logits, ids, top.values, temperature=t)
+        assert n == 2 * 7 - 1 and abs(float(kl)) < 1e-5
+    kl, _ = topk_kl(torch.randn(2, 7, 50), ids, top.values)
+    assert float(kl) > 0.01
+
+
+def _with_teacher_logprobs(tok, recs: list[dict], k: int = 3) -> list[dict]:
+    """Teacher records as an OpenAI-compatible server sharing the student's vocabulary writes them:
+    per generated token, the chosen token and its top-k alternatives, as text and bytes."""
+    import torch
+
+    from edgedistill.collate import encode_example
+    from edgedistill.kd import token_bytes_table
+
+    by_id = {i: b for b, i in token_bytes_table(tok).items()}
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for rec in recs:
+        enc = encode_example(tok, rec, 256)
+        response = enc["input_ids"][enc["response_start"]:-2]  # the text, without <|im_end|>\n
+        entries = []
+        for tid in response:
+            alts = [tid] + [int(i) for i in torch.randint(10, 500, (k - 1,), generator=gen)]
+            lps = sorted(torch.log_softmax(torch.randn(k, generator=gen), 0).tolist(), reverse=True)
+            entries.append({"token": by_id[tid].decode(errors="replace"), "bytes": list(by_id[tid]),
+                            "logprob": lps[0], "top_logprobs": [
+                                {"token": by_id[a].decode(errors="replace"), "bytes": list(by_id[a]),
+                                 "logprob": lp} for a, lp in zip(alts, lps) if a in by_id]})
+        out.append({**rec, "logprobs": entries})
+    return out
+
+
+def test_kd_trains_on_teacher_topk(tmp_path, tiny_model_dir):
+    from edgedistill.student import load_tokenizer
+    from edgedistill.train import train
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    run = make_run(tmp_path, tiny_model_dir, max_steps=3, kd={"weight": 0.5, "temperature": 2.0},
+                   packing=True, train_records=_with_teacher_logprobs(tok, records(12)))
+    train(run)
+    assert run.stage_entry("train")["metrics"]["packing"] is True
+    kd = run.stage_entry("train")["metrics"]["kd"]
+    assert kd["used"] is True and kd["examples"] == 12 and kd["temperature"] == 2.0
+
+
+def test_kd_with_a_different_vocabulary_fails_naming_both_sizes(tmp_path, tiny_model_dir):
+    from edgedistill.student import load_tokenizer
+    from edgedistill.train import train
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    recs = [{**r, "teacher_vocab_size": 151936} for r in _with_teacher_logprobs(tok, records(8))]
+    run = make_run(tmp_path, tiny_model_dir, max_steps=2, kd={"weight": 0.5}, train_records=recs)
+    with pytest.raises(ConfigError, match="151,936 tokens and the student's has 512") as e:
+        train(run)
+    assert "allow_vocab_mismatch=true" in str(e.value)
+    assert run.stage_entry("train")["status"] == "failed" and not run.adapter_dir.exists()
+
+    run = make_run(tmp_path / "again", tiny_model_dir, max_steps=2, train_records=recs,
+                   kd={"weight": 0.5, "allow_vocab_mismatch": True})
+    train(run)
+    assert run.stage_entry("train")["metrics"]["kd"] == {"used": False, "reason": "vocabulary mismatch"}
+
+
+def test_resume_after_kill_ends_with_the_same_steps(tmp_path, tiny_model_dir):
+    """SIGKILL a real `edgedistill train` after its first checkpoint; the rerun resumes from it and
+    ends with the same optimizer steps and the same adapter as an uninterrupted run."""
+    from edgedistill.train import train
+
+    steps = 24
+    run = make_run(tmp_path / "killed", tiny_model_dir, max_steps=steps, save_steps=4, batch_size=2)
+    cmd = [sys.executable, "-m", "edgedistill.cli", "train", str(run.root)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(run.checkpoints_dir.glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not run.adapter_dir.exists() and run.stage_entry("train")["status"] == "running"
+
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = run.stage_entry("train")["metrics"]
+    assert m["resumed_from"].startswith("checkpoint-") and m["steps"] == steps
+    logged = [json.loads(x)["step"] for x in (run.logs_dir / "train.jsonl").read_text().splitlines()]
+    assert logged[-1] == steps and steps in logged
+
+    import torch
+
+    ref = make_run(tmp_path / "straight", tiny_model_dir, max_steps=steps, save_steps=4, batch_size=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses ran (OMP_NUM_THREADS=1)
+    try:
+        train(ref)
+    finally:
+        torch.set_num_threads(threads)
+    assert ref.stage_entry("train")["metrics"]["steps"] == steps
+    a, b = _adapter_tensors(run.adapter_dir), _adapter_tensors(ref.adapter_dir)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_two_process_accelerate_run(tmp_path, tiny_model_dir):
+    """The same stage as 2 DDP processes on CPU (gloo). accelerate 1.x starts several CPU
+    processes only through its torchrun path (`--multi_gpu`; `--cpu` alone runs one process
+    unless MPI is configured); without a GPU each process picks gloo on CPU."""
+    run = make_run(tmp_path, tiny_model_dir, max_steps=4, batch_size=2)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "edgedistill.cli", "train", str(run.root)]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = run.stage_entry("train")["metrics"]
+    assert m["processes"] == 2 and m["steps"] == 4
+    assert all(float(t.abs().max()) > 0 for k, t in _adapter_tensors(run.adapter_dir).items() if "lora_B" in k)
