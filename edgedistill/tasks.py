@@ -57,8 +57,8 @@ def normalize_answer(text: str | None) -> str:
     s = re.sub(r"(?<!\d)\.|\.(?!\d)", "", s)  # . only inside numbers ("u.s.a." is "usa")
     s = re.sub(r"(?<!\d)/|/(?!\d)", " ", s)  # / only inside numbers
     s = re.sub(r"-(?!\d)|(?<=[^\W\d])-", " ", s)  # - only as a sign or between digits
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
+    stripped = " ".join(_ARTICLES.sub(" ", s).split())
+    return stripped or " ".join(s.split())  # the answer "a" (a letter) stays "a"
 
 
 def last_number(text: str) -> str | None:

@@ -25,6 +25,7 @@ def test_normalize_and_extract():
     assert tasks.normalize_answer("An apple-pie!") == "apple pie"
     assert tasks.normalize_answer("The answer is -5.") == "answer is -5"
     assert tasks.normalize_answer("1,2,3") == "1 2 3" and tasks.normalize_answer("U.S.A.") == "usa"
+    assert tasks.normalize_answer("A.") == "a"  # a one-letter answer is not an article
     assert tasks.normalize_answer("7.0") == tasks.normalize_answer("7") == "7"
     assert tasks.extract_answer("math", "3 + 5 = 8, so the answer is 8.") == "8"
     assert tasks.extract_answer("math", "We get 12 then #### 1,200") == "1200"
