@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -48,8 +49,9 @@ def server_command(model_path: Path, port: int, alias: str, n_ctx: int,
                    threads: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
            "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--verbose", "False"]
-    if threads:
-        cmd += ["--n_threads", str(threads)]
+    # llama_cpp.server defaults to half the cores; a teacher served for generate gets them all
+    threads = threads or os.cpu_count() or 1
+    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     return cmd
 
 
