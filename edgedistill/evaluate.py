@@ -72,7 +72,7 @@ def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new
     t0 = time.perf_counter()
     with runtimes.load(kind, path) as rt:
         loaded = time.perf_counter() - t0
-        for rec in tqdm(examples, desc=f"eval {label}", unit="ex", leave=False):
+        for rec in tqdm(examples, desc=f"eval {label}", unit="ex", leave=False, disable=None):
             g = rt.generate(rec["messages"], max_new_tokens)
             outputs.append({"prediction": g.text, "finish_reason": g.finish_reason,
                             "prompt_tokens": len(g.prompt_ids), "new_tokens": len(g.token_ids),

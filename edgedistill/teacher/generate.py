@@ -139,7 +139,8 @@ class Session:
         self.retries = self.rejected = self.tokens = 0
         self.t0 = time.perf_counter()
         self.seconds = 0.0
-        self.bar = tqdm(total=total, initial=done, desc="teacher", unit="ans", dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=done, desc="teacher", unit="ans", dynamic_ncols=True,
+                        disable=None)  # no bar in logs (not a terminal); the summary line stays
 
     def answer(self, a: Answer) -> None:
         rec = {
