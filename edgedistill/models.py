@@ -95,11 +95,9 @@ def resolve(ref: str) -> str:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from edgedistill.rundir import digest
+
+    return digest(path)["sha256"]
 
 
 def check_gguf(path: Path) -> None:

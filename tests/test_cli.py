@@ -43,11 +43,16 @@ def _no_traceback(result):
     assert result.output.startswith("Error: ") or "\nError: " in result.output
 
 
+def _user_error(result):
+    """Exit 2 with an ``Error:`` message and no traceback."""
+    assert result.exit_code == 2
+    _no_traceback(result)
+
+
 def test_malformed_yaml_exits_2_with_line(tmp_path):
     path = write_recipe(tmp_path, text="task: qa\n  bad: [\n")
     result = invoke("run", str(path), "--run-dir", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "line 2" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -55,23 +60,20 @@ def test_malformed_yaml_exits_2_with_line(tmp_path):
 def test_unknown_key_exits_2_with_valid_keys(tmp_path):
     path = write_recipe(tmp_path, teacher={"endpoint": "x"})
     result = invoke("generate", str(path), "--run-dir", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "'teacher.endpoint'" in result.output and "base_url" in result.output
 
 
 def test_wrong_type_in_set_exits_2(recipe_file, tmp_path):
     result = invoke("run", str(recipe_file), "--run-dir", str(tmp_path / "run"), "--set", "train.epochs=many")
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "train.epochs" in result.output and "'many'" in result.output
 
 
 def test_missing_data_file_exits_2(tmp_path):
     path = write_recipe(tmp_path, data={"prompts": "missing.jsonl"})
     result = invoke("generate", str(path), "--run-dir", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "missing.jsonl does not exist" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -82,8 +84,7 @@ def test_jsonl_line_that_is_not_json_names_file_and_line(tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text(data.read_text() + '{"id": "b", "prompt": "x"\n{"id": "c", "prompt": "y"}\n')
     result = invoke("generate", str(path), "--run-dir", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert f"{data}, line 2: not valid JSON" in result.output
 
 
@@ -96,8 +97,7 @@ def test_prompt_record_without_prompt_names_line(tmp_path):
 
 def test_unknown_target_exits_2_with_known_ones(recipe_file, tmp_path):
     result = invoke("bench", str(tmp_path), "--target", "pi-zero")
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "pi-zero" in result.output and "jetson-orin-nano" in result.output
 
 
@@ -107,8 +107,7 @@ def test_run_dir_missing_artifact_names_the_command(recipe_file, tmp_path):
 
     run = Run.create(tmp_path / "run", load_recipe(recipe_file))
     result = invoke("merge", str(run.root))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert f"edgedistill train {run.root}" in result.output or "not available yet" in result.output
 
 
@@ -148,8 +147,7 @@ def test_full_disk_is_a_user_error(monkeypatch, recipe_file, tmp_path):
     # the disk fills while the run directory is created, before any stage function is called
     monkeypatch.setitem(IMPLEMENTATIONS, "generate", "edgedistill.data:read_jsonl")
     result = invoke("run", str(recipe_file), "--run-dir", str(tmp_path / "run"))
-    assert result.exit_code == 2
-    _no_traceback(result)
+    _user_error(result)
     assert "No space left on device" in result.output and "config.yaml" in result.output
 
 
