@@ -84,12 +84,16 @@ def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new
 
 def _rungs(run: Run) -> list[dict[str, Any]]:
     """What to score besides the teacher: base student, merged student, every artifact."""
-    from edgedistill.student import student_path
+    from edgedistill import models
+    from edgedistill.student import is_gguf, student_path
 
     recipe = run.recipe
-    rungs: list[dict[str, Any]] = [
-        {"name": BASE, "kind": "hf", "path": Path(student_path(run)), "model": recipe.student.model},
-    ]
+    ref = recipe.student.model
+    # a GGUF student is scored as packaged, in llama.cpp (the same weights the HF import
+    # dequantizes, several times faster than transformers on a CPU)
+    base = ({"kind": "gguf", "path": Path(models.resolve(ref))} if is_gguf(ref)
+            else {"kind": "hf", "path": Path(student_path(run))})
+    rungs: list[dict[str, Any]] = [{"name": BASE, **base, "model": ref}]
     if (run.merged_dir / "config.json").is_file():
         rungs.append({"name": MERGED, "kind": "hf", "path": run.merged_dir,
                       "model": run.rel(run.merged_dir)})

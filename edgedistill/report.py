@@ -6,6 +6,9 @@ Gates come from the recipe (``gates.*``, overridable with ``--set gates.*``):
 - ``max_peak_rss_mb``, ``min_decode_tokens_per_s`` (p50), ``max_ttft_ms`` (p50): on every target
   the artifact was benched on.
 
+A target's own ``budgets`` (the same three) are gates too, applied where the bench ran on that
+target; benched on another machine, they are listed as unchecked, never passed or failed.
+
 A gate that is set but has nothing to judge (no eval, no bench, a bench that failed) fails: a
 release pipeline must not pass what nobody measured. ``check=True`` raises
 :class:`~edgedistill.errors.GateFailed` (exit 1) naming artifact, gate, value and limit, after the
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 BENCH_FIELDS = ("runtime", "threads", "ttft_ms", "decode_tokens_per_s", "token_latency_ms", "peak_rss_mb",
                 "load_s", "roofline_fraction", "bandwidth_gbs", "energy_per_token_j", "on_target",
                 "predicted_decode_tokens_per_s", "predicted_basis", "note", "error", "ssh_host",
-                "runtime_version", "thread_sweep")
+                "runtime_version", "thread_sweep", "budgets")
 # gate -> (bench field, percentile or None, "max" | "min")
 BENCH_GATES = {
     "max_peak_rss_mb": ("peak_rss_mb", None, "max"),
@@ -71,7 +74,8 @@ def _bench_view(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def judge(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any]]:
-    """The failed gates of one artifact (empty: it passes every gate that is set)."""
+    """The failed gates of one artifact (empty: it passes every gate that is set): the recipe's
+    gates, and each target's budgets where the artifact was benched on that target itself."""
     failed = []
     limit = gates.get("min_retention")
     if limit is not None:
@@ -79,23 +83,39 @@ def judge(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any
         if value is None or value < limit:
             failed.append({"artifact": artifact["id"], "gate": "min_retention", "value": value, "limit": limit,
                            **({"reason": "not evaluated (run `edgedistill eval`)"} if value is None else {})})
+    benches = artifact.get("bench") or {}
     for gate, (field, pct, kind) in BENCH_GATES.items():
         limit = gates.get(gate)
-        if limit is None:
-            continue
-        benches = artifact.get("bench") or {}
-        if not benches:
+        if limit is not None and not benches:
             failed.append({"artifact": artifact["id"], "gate": gate, "value": None, "limit": limit,
                            "reason": "not benched (run `edgedistill bench`)"})
         for target, b in benches.items():
+            budget = (b.get("budgets") or {}).get(gate)
+            limits = [(lim, src) for lim, src in ((limit, "recipe"), (budget, "target budget"))
+                      if lim is not None and (src == "recipe" or b.get("on_target"))]
             raw = b.get(field)
             value = raw.get(pct) if isinstance(raw, dict) else raw
-            bad = value is None or (value > limit if kind == "max" else value < limit)
-            if bad:
-                failed.append({"artifact": artifact["id"], "gate": gate, "target": target, "value": value,
-                               "limit": limit, **({"reason": b.get("error") or "not measured"}
-                                                  if value is None else {})})
+            for lim, src in limits:
+                if value is None or (value > lim if kind == "max" else value < lim):
+                    failed.append({"artifact": artifact["id"], "gate": gate, "target": target, "value": value,
+                                   "limit": lim, "source": src,
+                                   **({"reason": b.get("error") or "not measured"} if value is None else {})})
     return failed
+
+
+def unchecked_budgets(artifact: dict[str, Any]) -> list[dict[str, Any]]:
+    """Target budgets that were not applied because the bench ran on another machine: a host's
+    figures never pass or fail a device's budget."""
+    out = []
+    for target, b in (artifact.get("bench") or {}).items():
+        if b.get("on_target"):
+            continue
+        for gate, budget in (b.get("budgets") or {}).items():
+            if budget is not None:
+                out.append({"artifact": artifact["id"], "gate": gate, "target": target, "limit": budget,
+                            "reason": f"measured on {(b.get('measured_on') or {}).get('hostname')}, "
+                                      f"not on {target}"})
+    return out
 
 
 def build(run: Run) -> dict[str, Any]:
@@ -131,7 +151,7 @@ def build(run: Run) -> dict[str, Any]:
         if entry["bytes"] is None:
             entry["bytes"] = next((recs[art["id"]].get("bytes") for recs in bench.values() if art["id"] in recs), None)
         failed = judge(entry, gates)
-        entry["gates"] = {"passed": not failed, "failed": failed}
+        entry["gates"] = {"passed": not failed, "failed": failed, "unchecked": unchecked_budgets(entry)}
         artifacts.append(entry)
 
     targets = {}
@@ -164,16 +184,32 @@ def build(run: Run) -> dict[str, Any]:
         "student_merged": rung(MERGED, run.rel(run.merged_dir)),
         "artifacts": artifacts,
         "targets": targets,
+        "unchecked_budgets": [u for a in artifacts for u in a["gates"]["unchecked"]],
         "smallest_passing": {t: v["smallest_passing"] for t, v in targets.items()},
         "gate_limits": gates,
         "gates": {"passed": not all_failed, "failed": all_failed},
+        "seed_claims": _seed_claims(run),
     }
+
+
+def _seed_claims(run: Run) -> dict[str, Any] | None:
+    """RUN/seed_claims.json, written by scripts/seed_claims.py (teacher vs student, measured)."""
+    path = run.root / "seed_claims.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        log.warning("%s is not valid JSON (%s); the report leaves it out", path, e)
+        return None
 
 
 def describe(f: dict[str, Any]) -> str:
     if f.get("message"):
         return f["message"]
     where = f" on {f['target']}" if f.get("target") else ""
+    if f.get("source") == "target budget":
+        where += " (target budget)"
     if f["value"] is None:
         return f"{f['artifact']}: {f['gate']}{where}: no value ({f.get('reason', 'not measured')}), limit {f['limit']}"
     op = "<" if f["gate"].startswith("min_") else ">"
@@ -205,4 +241,5 @@ def report(run: Run, *, force: bool = True, check: bool = False) -> None:
         raise GateFailed(
             f"{len(lines)} gate(s) failed:\n  " + "\n  ".join(lines),
             hint=f"Details in {run.report_md}. Limits come from the recipe's gates "
-                 "(change one with e.g. `--set gates.min_retention=0.8`).")
+                 "(change one with e.g. `--set gates.min_retention=0.8`) and, where marked, "
+                 "from the target's budgets (its YAML).")

@@ -198,8 +198,54 @@ def render_markdown(data: dict[str, Any]) -> str:
         "**All gates passed.**" if data["gates"]["passed"] else
         "**Failed:**\n\n" + "\n".join(f"- {describe(f)}" for f in data["gates"]["failed"]),
         "",
+        *_unchecked_lines(data),
+        *_seed_lines(data),
     ]
     return "\n".join(parts)
+
+
+def _unchecked_lines(data: dict[str, Any]) -> list[str]:
+    """Target budgets a host's figures could not judge, grouped by target and budget."""
+    seen: dict[tuple[str, str, Any], str] = {}
+    for u in data.get("unchecked_budgets") or []:
+        seen.setdefault((u["target"], u["gate"], u["limit"]), u["reason"])
+    if not seen:
+        return []
+    return ["Target budgets not checked (a host's figures never pass or fail a device's budget):", "",
+            *[f"- {t}: `{g}` = {lim} ({why})" for (t, g, lim), why in seen.items()], ""]
+
+
+SEED_HEAD = ["artifact", "lower latency (answer)", "lower latency (per token)", "lower peak RSS",
+             "smaller file", "retention"]
+
+
+def _seed(data: dict[str, Any]) -> tuple[str, list[list[str]]] | None:
+    """The seed headline (85% lower latency, 95% lower memory, 92% retention) as measured by
+    scripts/seed_claims.py on this run: a sentence and the table rows."""
+    sc = data.get("seed_claims")
+    if not sc:
+        return None
+    t = sc["teacher"]
+    rows = [[r["id"], _percent(r["latency_reduction"]), _percent(r["token_latency_reduction"]),
+             _percent(r["memory_reduction"]), _percent(r["size_reduction"]), _percent(r["retention"])]
+            for r in sc["artifacts"]]
+    text = (f"Against the teacher {t['model']} ({t['answer_ms']:.0f} ms per "
+            f"{sc['settings']['generate_tokens']}-token answer, peak RSS {t['peak_rss_mb']:.0f} MB) on "
+            f"{sc['host'].get('cpu')}, {sc['settings']['threads']} threads, medians of {sc['rounds']} "
+            "rounds (scripts/seed_claims.py). The seed claims 85% lower latency, 95% lower memory, "
+            "92% retention.")
+    return text, rows
+
+
+def _seed_lines(data: dict[str, Any]) -> list[str]:
+    seed = _seed(data)
+    if not seed:
+        return []
+    return ["## Seed headline, measured", "", seed[0], "", _md_table(SEED_HEAD, seed[1]), ""]
+
+
+def _percent(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
@@ -223,6 +269,10 @@ def render_html(data: dict[str, Any]) -> str:
     gates = ('<p class="ok"><b>All gates passed.</b></p>' if data["gates"]["passed"] else
              '<p class="bad"><b>Failed gates:</b></p><ul>' +
              "".join(f"<li>{e(describe(f))}</li>" for f in data["gates"]["failed"]) + "</ul>")
+    unchecked = "".join(f"<p>{e(line)}</p>" for line in _unchecked_lines(data) if line)
+    sd = _seed(data)
+    seed = (f"<h2>Seed headline, measured</h2><p>{e(sd[0])}</p>{_html_table(SEED_HEAD, sd[1])}"
+            if sd else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedistill report</title>
 <style>{CSS}</style></head><body>
 <h1>edgedistill report</h1><p>{e(data['run_dir'])} — task <code>{e(data['task'])}</code>, metric
@@ -231,7 +281,7 @@ def render_html(data: dict[str, Any]) -> str:
 <h2>Retention ladder</h2>{_html_table(["rung", "model / path", data["metric"], "retention"], _ladder_rows(data))}
 <h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
 <h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>
-<h2>Gates</h2>{gates}
-{imgs}
+<h2>Gates</h2>{gates}{unchecked}
+{seed}{imgs}
 </body></html>
 """

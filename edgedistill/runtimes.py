@@ -176,7 +176,9 @@ class LlamaCppRuntime(Runtime):
         try:
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                                        n_threads_batch=threads, n_gpu_layers=gpu_layers,
-                                       logits_all=False, verbose=False)
+                                       # llama.cpp's own default; the binding's is off, and
+                                       # decoding without it measured ~15% slower here
+                                       flash_attn=True, logits_all=False, verbose=False)
         except ValueError as e:  # llama-cpp-python raises ValueError when llama.cpp refuses a file
             raise ArtifactError(f"llama.cpp cannot load {path}: {e}.",
                                 hint="The file is corrupt or truncated; re-export it.") from None

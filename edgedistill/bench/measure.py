@@ -11,8 +11,9 @@ Timing of one artifact (``measure_artifact``), after ``warmup`` untimed runs, ov
 - ``decode_tokens_per_s``: per run, (tokens - 1) / (last token time - first token time). Its pXX is
   the speed at the pXX of the per-run time per token, so p90 <= p50 (the slow tail);
 - ``peak_rss_mb``: this process's peak resident set (VmHWM), the interpreter included;
-- ``energy_per_token_j``: RAPL package energy over the timed runs / generated tokens, where
-  /sys/class/powercap exposes it; null otherwise (the reason is recorded).
+- ``energy_per_token_j``: energy over the timed runs / generated tokens: RAPL package energy where
+  /sys/class/powercap exposes it, Jetson board power from ``tegrastats`` integrated over time
+  where that exists; null otherwise (the reason is recorded in ``energy_note``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import time
@@ -108,15 +110,17 @@ def measure_bandwidth(size_mb: int | None = None, repeats: int = 5) -> dict[str,
 # energy
 
 
-class EnergyMeter:
+class RaplMeter:
     """RAPL package energy (/sys/class/powercap/intel-rapl:N/energy_uj), wrap-around handled."""
 
-    def __init__(self) -> None:
+    note = "RAPL package energy (whole socket, other processes included)"
+
+    def __init__(self, root: Path = Path("/sys/class/powercap")) -> None:
         self.zones: list[tuple[Path, int]] = []
         self.reason: str | None = None
-        root = Path("/sys/class/powercap")
+        self._start: list[int] = []
         if not root.is_dir():
-            self.reason = "no /sys/class/powercap on this machine (no RAPL sensor exposed)"
+            self.reason = f"no {root} on this machine (no RAPL sensor exposed)"
             return
         for zone in sorted(root.glob("intel-rapl:*")):
             if zone.name.count(":") != 1:
@@ -134,14 +138,110 @@ class EnergyMeter:
     def available(self) -> bool:
         return bool(self.zones)
 
-    def read(self) -> list[int]:
+    def _read(self) -> list[int]:
         return [int(p.read_text()) for p, _ in self.zones]
 
-    def joules_since(self, start: list[int]) -> float:
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> float:
         total = 0
-        for (_, rng), a, b in zip(self.zones, start, self.read()):
+        for (_, rng), a, b in zip(self.zones, self._start, self._read()):
             total += b - a if b >= a else b + rng - a
         return total / 1e6
+
+
+# The rail that carries the whole module's input power, by Jetson generation (Orin, Xavier: VDD_IN;
+# Nano, TX2: POM_5V_IN; AGX Thor/others: VIN_SYS_5V0). Without one, every rail reported is summed.
+_INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")
+_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?")
+
+
+def tegrastats_power_mw(line: str) -> tuple[float, str] | None:
+    """(instantaneous power in mW, what was read) from one tegrastats line; None without rails."""
+    rails = {name: float(now) for name, now, _avg in _RAIL.findall(line)
+             if not name.startswith(("RAM", "SWAP", "IRAM", "LFB", "EMC", "GR3D", "APE", "MTS"))}
+    for name in _INPUT_RAILS:
+        if name in rails:
+            return rails[name], name
+    if rails:
+        return sum(rails.values()), "+".join(sorted(rails))
+    return None
+
+
+class TegrastatsMeter:
+    """Jetson board power from ``tegrastats`` (its INA3221 rails), sampled every ``interval_ms``
+    while the timed runs go, integrated over time (trapezoids between samples)."""
+
+    def __init__(self, exe: str | None = None, interval_ms: int = 100) -> None:
+        import shutil
+
+        self.exe = exe or shutil.which("tegrastats")
+        self.interval_ms = interval_ms
+        self.reason = None if self.exe else "no tegrastats on PATH (not a Jetson)"
+        self.note = "tegrastats"
+        self._proc: Any = None
+        self._samples: list[tuple[float, float]] = []
+        self._thread: Any = None
+
+    @property
+    def available(self) -> bool:
+        return self.exe is not None
+
+    def _reader(self) -> None:
+        for line in self._proc.stdout:
+            got = tegrastats_power_mw(line)
+            if got is not None:
+                self._samples.append((time.monotonic(), got[0]))
+                self.note = (f"tegrastats {got[1]} (board power, other processes included), "
+                             f"sampled every {self.interval_ms} ms")
+
+    def start(self) -> None:
+        import subprocess
+        import threading
+
+        self._samples = []
+        self._proc = subprocess.Popen([self.exe, "--interval", str(self.interval_ms)], text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._thread = threading.Thread(target=self._reader, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10 * self.interval_ms / 1e3 + 2
+        while not self._samples and time.monotonic() < deadline and self._proc.poll() is None:
+            time.sleep(self.interval_ms / 4e3)  # the timed runs start once power is being read
+        self._t0 = time.monotonic()
+
+    def stop(self) -> float | None:
+        t1 = time.monotonic()
+        time.sleep(self.interval_ms / 1e3 * 1.5)  # one more sample past the end
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - a stuck tegrastats must not sink the bench
+            self._proc.kill()
+        self._thread.join(timeout=2)
+        pts = self._samples
+        if len(pts) < 2:
+            self.reason = f"tegrastats gave {len(pts)} power samples; need 2"
+            return None
+        joules = 0.0
+        for (ta, pa), (tb, pb) in zip(pts, pts[1:]):
+            lo, hi = max(ta, self._t0), min(tb, t1)
+            if hi > lo:  # the part of this interval inside the timed window
+                joules += (pa + pb) / 2 / 1e3 * (hi - lo)
+        return joules
+
+
+def energy_meter() -> RaplMeter | TegrastatsMeter | None:
+    """RAPL where the kernel exposes it, else tegrastats where it exists; None (with the
+    reasons, as ``energy_meter.reason``) otherwise."""
+    rapl = RaplMeter()
+    if rapl.available:
+        return rapl
+    tegra = TegrastatsMeter()
+    if tegra.available:
+        return tegra
+    energy_meter.reason = f"{rapl.reason}; {tegra.reason}"  # type: ignore[attr-defined]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,8 +311,9 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     for _ in range(spec["warmup"]):
         for _tok in rt.stream_ids(prompt, n_gen, ignore_eos=True):
             pass
-    meter = EnergyMeter()
-    e0 = meter.read() if meter.available else None
+    meter = energy_meter()
+    if meter is not None:
+        meter.start()
     ttft, gaps, rates, cpu_ms, produced = [], [], [], [], 0
     for _ in range(spec["repetitions"]):
         stamps, cpu = [], []
@@ -226,7 +327,7 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
         if len(stamps) > 1:
             rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
             cpu_ms.append((cpu[-1] - cpu[0]) * 1e3 / (len(cpu) - 1))
-    energy = meter.joules_since(e0) if e0 is not None else None
+    energy = meter.stop() if meter is not None else None
     rt.close()
     per_token_ms = sorted(1e3 / r for r in rates)
     ms = percentiles(per_token_ms)
@@ -244,8 +345,8 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
         "decode_cpu_ms_per_token": percentiles(cpu_ms),  # CPU time of all threads; wall time is above
         "peak_rss_mb": round(_rss_mb(), 1), "rss_before_load_mb": round(rss_before, 1),
         "energy_per_token_j": round(energy / produced, 6) if energy is not None and produced else None,
-        "energy_note": "RAPL package energy (whole socket, other processes included)" if energy is not None
-        else meter.reason,
+        "energy_note": (meter.note if energy is not None else meter.reason) if meter is not None
+        else energy_meter.reason,  # type: ignore[attr-defined]
         "torch_imported": "torch" in sys.modules,
     }
 

@@ -62,7 +62,8 @@ def annotate(result: dict[str, Any], entry: dict[str, Any], target: Target, remo
     bw = result["bandwidth"]["copy_gbs"]
     out = {**entry, "target": target.name, "measured_on": host, "on_target": here,
            "bandwidth_gbs": bw, "bandwidth_method": result["bandwidth"]["method"],
-           "bytes_per_token": entry["bytes"], "settings": result["settings"]}
+           "bytes_per_token": entry["bytes"], "settings": result["settings"],
+           "budgets": target.budgets.model_dump()}
     if "error" in entry:
         return out
     bound = bw * 1e9 / entry["bytes"]

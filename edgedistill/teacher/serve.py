@@ -52,6 +52,8 @@ def server_command(model_path: Path, port: int, alias: str, n_ctx: int,
     # llama_cpp.server defaults to half the cores; a teacher served for generate gets them all
     threads = threads or os.cpu_count() or 1
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    # flash attention is llama.cpp's own default; llama_cpp.server turns it off (~15% decode here)
+    cmd += ["--flash_attn", "true"]
     return cmd
 
 
