@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ class LlamaCppRuntime(Runtime):
                                hint="Install it with `pip install llama-cpp-python`.") from None
         self._llama_cpp = llama_cpp
         self.path = path
+        threads = threads or os.cpu_count() or 1  # Llama's default is half the cores
         try:
             self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                                        n_threads_batch=threads, n_gpu_layers=gpu_layers,

@@ -116,6 +116,17 @@ def test_ladder_on_gold_answers(tiny_run, smollm2_gguf):
     assert run.stage_entry("eval")["metrics"]["reference"] == "gold"
 
 
+def test_a_gguf_student_is_scored_as_packaged_in_llama_cpp(tmp_path, tiny_model_dir, smollm2_gguf):
+    run = make_run(tmp_path, GOLD, student={"model": str(smollm2_gguf)}, eval={"max_new_tokens": 6})
+    shutil.copytree(tiny_model_dir, run.merged_dir)
+    ev.evaluate(run)
+    base = json.loads((run.eval_dir / "summary.json").read_text())["rungs"]["student_base"]
+    assert base["kind"] == "gguf" and base["model"] == str(smollm2_gguf)
+    assert not run.student_base.exists()  # no HF import just to score the base student
+    rows = read_jsonl(run.eval_dir / "student_base.jsonl")
+    assert all(r["prediction"] and 0 < r["new_tokens"] <= 6 for r in rows)
+
+
 def test_teacher_is_the_reference_without_gold(tiny_run):
     records = [{k: v for k, v in r.items() if k != "answer"} for r in GOLD]
     run = tiny_run(records, limit=3)
