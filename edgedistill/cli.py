@@ -100,7 +100,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock"):
+    # onnxruntime.quantization logs a line per graph node it leaves alone (hundreds per model)
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock", "onnxruntime.quantization"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

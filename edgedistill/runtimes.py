@@ -187,6 +187,8 @@ class LlamaCppRuntime(Runtime):
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = self.llm.n_vocab()
         self._eog: list[int] | None = None
+        self._ctx = self.llm._ctx.ctx
+        self._one = (llama_cpp.llama_token * 1)()  # the decode loop's one-token batch, reused
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -206,12 +208,37 @@ class LlamaCppRuntime(Runtime):
         ptr = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
+    # Decoding goes straight to llama.cpp's C API (llama_decode on a one-sequence batch), as
+    # llama.cpp's own examples do: the Python wrapper's eval() costs several percent of decode
+    # speed on a small model (scripts/bench_overhead.py measures what is left).
+
+    def _reset(self) -> None:
+        lc = self._llama_cpp
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+
+    def _decode(self, ids: list[int]) -> None:
+        lc = self._llama_cpp
+        step = self.llm.n_batch
+        for i in range(0, len(ids), step):
+            chunk = ids[i:i + step]
+            if len(chunk) == 1:
+                self._one[0] = chunk[0]
+                tokens = self._one
+            else:  # held in a local: the batch keeps only a raw pointer to it
+                tokens = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(tokens, len(chunk)))
+            if rc != 0:
+                raise ArtifactError(f"llama.cpp could not decode with {self.path.name} (llama_decode "
+                                    f"returned {rc}; context {self.llm.n_ctx()} tokens).",
+                                    hint="A prompt plus answer longer than the context does this; "
+                                         "shorten it or raise the context.")
+
     def stream_ids(self, prompt_ids: list[int], max_new_tokens: int, *,
                    ignore_eos: bool = False) -> Iterator[int]:
         import numpy as np
 
-        self.llm.reset()
-        self.llm.eval(prompt_ids)
+        self._reset()
+        self._decode(prompt_ids)
         for i in range(max_new_tokens):
             logits = self._last_logits()
             if ignore_eos:
@@ -221,7 +248,7 @@ class LlamaCppRuntime(Runtime):
             yield tok
             if (self.is_stop(tok) and not ignore_eos) or i == max_new_tokens - 1:
                 return
-            self.llm.eval([tok])
+            self._decode([tok])
 
     def is_stop(self, token_id: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
@@ -237,10 +264,10 @@ class LlamaCppRuntime(Runtime):
     def logits(self, ids: list[int]) -> "np.ndarray":
         import numpy as np
 
-        self.llm.reset()
+        self._reset()
         rows = []
         for tok in ids:  # one decode per token: the context keeps only the last row of logits
-            self.llm.eval([tok])
+            self._decode([tok])
             rows.append(self._last_logits().copy())
         return np.stack(rows).astype(np.float32)
 

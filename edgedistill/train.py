@@ -119,6 +119,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
         eval_strategy="steps" if cfg.eval_steps and eval_set else "no", eval_steps=cfg.eval_steps,
         seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False,
+        prediction_loss_only=True,  # eval loss only: no eval-set logits held in memory
         group_by_length=not cfg.packing, dataloader_num_workers=0,
         use_cpu=not on_gpu, bf16=on_gpu and recipe.student.dtype == "bfloat16",
         fp16=on_gpu and recipe.student.dtype == "float16",

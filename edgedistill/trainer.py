@@ -1,16 +1,32 @@
-"""The Trainer with two additions: the KD term mixed into the loss, and non-padding tokens per
-second in every log line (the progress bar, and RUN/logs/train.jsonl through TrainLog)."""
+"""The Trainer with three additions: the KD term mixed into the loss; the LM head computed only
+over the positions the loss reads (completion-only labels: the prompt's logits would be thrown
+away); and non-padding tokens per second in every log line (the progress bar, and
+RUN/logs/train.jsonl through TrainLog)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from edgedistill.collate import IGNORE
 from edgedistill.data import append_jsonl
 from edgedistill.kd import topk_kl
+
+
+def labelled_tail(labels: Any) -> int | None:
+    """How many trailing positions hold every logit the loss reads: the logit at t predicts the
+    label at t + 1, so the tail starts one before the batch's first label. None when that is the
+    whole row (or there is no label)."""
+    labelled = (labels != IGNORE).any(dim=0)
+    if not bool(labelled.any()):
+        return None
+    first = int(labelled.int().argmax())
+    keep = labels.shape[1] - max(first - 1, 0)
+    return keep if keep < labels.shape[1] else None
 
 
 class DistilTrainer(Trainer):
@@ -24,10 +40,29 @@ class DistilTrainer(Trainer):
         self._tokens = 0  # non-padding tokens since the last log, this process
         self._tokens_total = 0
         self._t_last = None
+        self._keeps_logits: bool | None = None
+
+    def _accepts_logits_to_keep(self, model) -> bool:
+        if self._keeps_logits is None:
+            inner = self.accelerator.unwrap_model(model)
+            inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+            self._keeps_logits = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return self._keeps_logits
+
+    def _trim_to_labelled_tail(self, model, inputs: dict, kd: list) -> tuple[dict, list]:
+        """LM head and loss over the labelled tail only (same loss: nothing the loss reads is
+        dropped); the prompt's hidden states still feed attention."""
+        labels = inputs.get("labels")
+        keep = labelled_tail(labels) if labels is not None and self._accepts_logits_to_keep(model) else None
+        if keep is None:
+            return inputs, kd
+        inputs = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
+        return inputs, [t[:, -keep:] if t is not None else None for t in kd]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         kd_ids = inputs.pop("kd_ids", None)
         kd_logprobs = inputs.pop("kd_logprobs", None)
+        inputs, (kd_ids, kd_logprobs) = self._trim_to_labelled_tail(model, inputs, [kd_ids, kd_logprobs])
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()

@@ -4,8 +4,8 @@
     python scripts/bench_overhead.py                        # SmolLM2-135M without a run (see below)
 
 For each artifact, in the same session and alternating round by round (so a busy machine slows
-both alike), each in a fresh process with the same threads, prompt length, token count,
-repetitions and warm-up:
+both alike; the order of the two flips every round, so neither always runs first), each in a
+fresh process with the same threads, prompt length, token count, repetitions and warm-up:
 
 - bench: the child `edgedistill bench` runs (`python -m edgedistill.bench --one`), i.e. the
   runtimes.py loop (chat-template prompt ids, a Python generator, greedy argmax on numpy logits);
@@ -162,20 +162,25 @@ def prepare_default(cache: Path) -> list[dict]:
             {"id": "onnx-fp32", "format": "onnx", "path": str(onnx_dir / "model.onnx")}]
 
 
-def from_run(run_dir: str) -> list[dict]:
+def from_run(run_dir: str, ids: list[str] | None = None) -> list[dict]:
     from edgedistill.formats import list_artifacts
     from edgedistill.rundir import Run
 
-    arts = [a for a in list_artifacts(Run(Path(run_dir))) if a["id"] == "gguf-q4_k_m" or a["format"] == "onnx"]
-    if not arts:
-        raise SystemExit(f"{run_dir} has no gguf-q4_k_m or onnx artifact; run export and quantize first")
+    listed = [a for a in list_artifacts(Run(Path(run_dir))) if a["format"] in ("gguf", "onnx")]
+    arts = [a for a in listed if (a["id"] in ids if ids else a["id"] == "gguf-q4_k_m" or a["format"] == "onnx")]
+    if not arts or (ids and len(arts) != len(ids)):
+        raise SystemExit(f"{run_dir}: asked for {', '.join(ids or ['gguf-q4_k_m', 'onnx-*'])}; its gguf and "
+                         f"onnx artifacts are {', '.join(a['id'] for a in listed) or 'none'} "
+                         "(run export and quantize first)")
     return [{"id": a["id"], "format": a["format"], "path": str(a["path"])} for a in arts]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a run directory with exported artifacts")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--artifacts", help="comma-separated artifact ids of --run (default: gguf-q4_k_m "
+                    "and every onnx artifact)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--generate-tokens", type=int, default=64)
@@ -191,18 +196,22 @@ def main() -> None:
                           "cpu_ms_per_token_p50": statistics.median(cpu)}))
         return
 
-    arts = from_run(a.run) if a.run else prepare_default(Path.home() / ".cache" / "edgedistill" / "bench-overhead")
+    ids = a.artifacts.split(",") if a.artifacts else None
+    arts = from_run(a.run, ids) if a.run else prepare_default(Path.home() / ".cache" / "edgedistill" / "bench-overhead")
     rows = {x["id"]: {"bench": [], "tight": [], "bench_cpu": [], "tight_cpu": []} for x in arts}
     flags = ["--threads", str(a.threads), "--prompt-tokens", str(a.prompt_tokens), "--generate-tokens",
              str(a.generate_tokens), "--repetitions", str(a.repetitions), "--warmup", str(a.warmup)]
     for rnd in range(a.rounds):
-        for art in arts:
+        for art in (arts if rnd % 2 == 0 else arts[::-1]):
             one = {"kind": art["format"], "path": art["path"], "threads": a.threads, "providers": [],
                    "gpu_layers": 0, "prompt_tokens": a.prompt_tokens, "generate_tokens": a.generate_tokens,
                    "repetitions": a.repetitions, "warmup": a.warmup}
             env = {**os.environ, "USE_TORCH": "0"}  # as the bench runs its children
-            bench = _child([sys.executable, "-m", "edgedistill.bench", "--one", json.dumps(one)], env)
-            tight = _child([sys.executable, __file__, "--tight", art["format"], art["path"], *flags], env)
+            children = {"bench": [sys.executable, "-m", "edgedistill.bench", "--one", json.dumps(one)],
+                        "tight": [sys.executable, __file__, "--tight", art["format"], art["path"], *flags]}
+            got = {name: _child(children[name], env)
+                   for name in (("bench", "tight") if rnd % 2 == 0 else ("tight", "bench"))}
+            bench, tight = got["bench"], got["tight"]
             r = rows[art["id"]]
             r["bench"].append(bench["decode_tokens_per_s"]["p50"])
             r["tight"].append(tight["p50"])

@@ -158,6 +158,42 @@ def test_kd_trains_on_teacher_topk(tmp_path, tiny_model_dir):
     assert kd["used"] is True and kd["examples"] == 12 and kd["temperature"] == 2.0
 
 
+def test_the_lm_head_runs_only_over_the_labelled_tail_and_the_loss_is_unchanged(tmp_path, tiny_model_dir):
+    """Completion-only labels: the logits of the prompt are never read, so the trainer computes the
+    LM head over the batch's labelled tail only; cross-entropy and KD terms stay the same."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from edgedistill.collate import IGNORE, Collator, encode_example
+    from edgedistill.student import load_tokenizer
+    from edgedistill.trainer import DistilTrainer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    batch = Collator(pad_id=tok.pad_token_id, packing=False)(
+        [encode_example(tok, r, 256) for r in records(6)])
+    labelled = batch["labels"] != IGNORE
+    gen = torch.Generator().manual_seed(0)
+    kd_ids = torch.where(labelled[..., None], torch.randint(0, len(tok), (*labelled.shape, 3), generator=gen), -1)
+    kd_logprobs = torch.log_softmax(torch.randn(*labelled.shape, 3, generator=gen), -1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    widths = []
+    model.lm_head.register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    trainer = DistilTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+                            kd_weight=0.5, kd_temperature=2.0)
+
+    def loss(trim: bool, kd: bool) -> float:
+        trainer._keeps_logits = None if trim else False
+        inputs = {**batch, **({"kd_ids": kd_ids, "kd_logprobs": kd_logprobs} if kd else {})}
+        return float(trainer.compute_loss(model, inputs).detach())
+
+    for kd in (False, True):
+        widths.clear()
+        trimmed, full = loss(True, kd), loss(False, kd)
+        assert trimmed == pytest.approx(full, rel=1e-5)
+        first = int(labelled.any(0).int().argmax())
+        assert widths == [batch["labels"].shape[1] - (first - 1), batch["labels"].shape[1]]
+
+
 def test_kd_with_a_different_vocabulary_fails_naming_both_sizes(tmp_path, tiny_model_dir):
     from edgedistill.student import load_tokenizer
     from edgedistill.train import train
