@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from edgedistill.formats.parity import LOGIT_TOLERANCE
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,10 @@ def _check_report(run_dir: Path) -> dict:
         assert bench["decode_tokens_per_s"]["p50"] > 0 and bench["peak_rss_mb"] > 0
         assert (run_dir / a["path"]).exists() and (run_dir / a["eval_file"]).is_file()
     for fp in ("onnx-fp32", "ortgenai-fp32", "gguf-f16"):  # fp exports are the merged student
-        art = next(a for a in data["artifacts"] if a["id"] == fp)
-        assert art["parity"]["greedy_token_agreement"] == 1.0
+        p = next(a for a in data["artifacts"] if a["id"] == fp)["parity"]
+        assert p["max_abs_logit_diff"] <= LOGIT_TOLERANCE[fp.split("-")[1]]
+        # greedy tokens equal, but for near ties the logit differences explain
+        assert all(m is None or m <= 2 * p["max_abs_logit_diff"] + 1e-6 for m in p["divergence_margins"])
     assert (run_dir / "report.md").is_file() and "<img" in (run_dir / "report.html").read_text()
     return data
 

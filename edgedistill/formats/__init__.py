@@ -32,6 +32,8 @@ class Parity:
         self.run, self.recipe, self._refs = run, run.recipe, None
 
     def check(self, artifact_id: str, kind: str, path: Path, exact: bool) -> dict[str, Any]:
+        """Parity of one artifact; ``exact``: a full-precision one, held to the merged model
+        within its precision's logit tolerance (parity.LOGIT_TOLERANCE)."""
         from edgedistill.formats import parity
 
         exp = self.recipe.export
@@ -42,7 +44,8 @@ class Parity:
                                                  self.run.export_dir / ".parity-reference")
         t0 = time.perf_counter()
         result = parity.compare(kind, path, self._refs, exp.parity_max_new_tokens)
-        parity.judge(artifact_id, result, exact)
+        precision = artifact_id.rsplit("-", 1)[-1]
+        parity.judge(artifact_id, result, parity.LOGIT_TOLERANCE[precision] if exact else None)
         result["seconds"] = round(time.perf_counter() - t0, 2)  # comparing, not the reference
         return result
 

@@ -29,6 +29,11 @@ FIXED_PROMPTS = (
 )
 _STOP = -1  # stands for "stopped at the end-of-turn token" in the compared sequences
 
+# The most a full-precision export's logits may differ from the merged model's (max |Δlogit|,
+# teacher-forced on the reference generations), by precision. fp32 exports measured ~2e-4 on
+# SmolLM2-135M; an f16 GGUF ~0.1 (weights rounded to 11 bits); bf16 keeps 8 bits, ~8x coarser.
+LOGIT_TOLERANCE = {"fp32": 1e-2, "f32": 1e-2, "f16": 0.5, "bf16": 2.0}
+
 
 @dataclass
 class Reference:
@@ -122,6 +127,7 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
 
     agree = total = chat_mismatch = lost_eos = stopped = identical = 0
     divergences: list[int | None] = []
+    margins: list[float | None] = []
     max_diff: float | None = None
     with runtimes.load(kind, path) as rt:
         eos_is_stop = all(rt.is_stop(e) for e in refs[0].eos_ids)
@@ -134,6 +140,7 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
             agree += common
             total += max(len(a), len(b))
             divergences.append(None if a == b else common)
+            margins.append(None if a == b else _margin(ref, a[common], b[common], common))
             identical += a == b
             stopped += g.finish_reason == "stop"
             lost_eos += ref.finish_reason == "stop" and g.finish_reason != "stop"
@@ -149,6 +156,9 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
         "identical_generations": identical,
         "first_divergence": min(first) if first else None,
         "divergence_per_prompt": divergences,
+        # at each first divergence: the merged model's logit of its own token minus its logit of
+        # the artifact's token (a near tie is a margin the measured logit difference explains)
+        "divergence_margins": margins,
         "max_abs_logit_diff": None if max_diff is None else float(f"{max_diff:.4g}"),
         "chat_prompt_ids_match": chat_mismatch == 0,
         "chat_prompt_mismatches": chat_mismatch,
@@ -159,11 +169,46 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
     }
 
 
-def judge(artifact_id: str, parity: dict[str, Any], exact: bool) -> None:
+def _margin(ref: Reference, ref_tok: int, art_tok: int, position: int) -> float | None:
+    """The reference's logit of its own choice minus its logit of the artifact's choice at
+    generated position ``position`` (_STOP: the best end-of-turn token)."""
+    if ref.logits is None:
+        return None
+    row = ref.logits[len(ref.prompt_ids) - 1 + position]
+
+    def logit(tok: int) -> float:
+        return float(max(row[e] for e in ref.eos_ids)) if tok == _STOP else float(row[tok])
+
+    return round(logit(ref_tok) - logit(art_tok), 6)
+
+
+def _fp_faults(parity: dict[str, Any], tolerance: float) -> list[str]:
+    """A full-precision export is the student when its logits are within ``tolerance`` of the
+    merged model's and every greedy divergence is a near tie those differences explain: with
+    |Δlogit| <= d everywhere, the artifact can only pick another token whose reference logit is
+    within 2d of the best. A divergence beyond that (or one where no logits are exposed) is a
+    fault, as is a lost end-of-turn that is not such a tie."""
+    diff = parity["max_abs_logit_diff"]
+    if diff is not None and diff > tolerance:
+        return [f"its logits differ from the merged model's by up to {diff:.4g} (tolerance {tolerance:g})"]
+    margins = [m for m in parity.get("divergence_margins") or [] if m is not None]
+    diverged = parity["prompts"] - parity["identical_generations"]
+    explained = diff is not None and len(margins) == diverged and all(m <= 2 * diff + 1e-6 for m in margins)
+    if diverged and not explained:
+        faults = [f"greedy tokens differ (agreement {parity['greedy_token_agreement']:.3f}, first "
+                  f"divergence at token {parity['first_divergence']}) beyond what its logit "
+                  f"difference explains"]
+        if parity["lost_eos"]:
+            faults.append(f"generation ran past the end-of-turn on {parity['lost_eos']} prompts")
+        return faults
+    return []
+
+
+def judge(artifact_id: str, parity: dict[str, Any], tolerance: float | None) -> None:
     """Structural faults (a tokenizer that renders the chat prompt differently, an end-of-turn
-    token that does not stop generation) fail every artifact. Numeric ones (greedy tokens, a lost
-    end-of-turn) fail fp artifacts, which must match exactly; quantized ones only record their
-    numbers, and eval judges them on the task metric."""
+    token that does not stop generation) fail every artifact. Full-precision artifacts
+    (``tolerance``: their LOGIT_TOLERANCE) must also be the student numerically (``_fp_faults``);
+    quantized ones (None) only record their numbers, and eval judges them on the task metric."""
     structural, numeric = [], []
     if not parity["chat_prompt_ids_match"]:
         structural.append(f"the chat prompt tokenizes differently on "
@@ -175,7 +220,7 @@ def judge(artifact_id: str, parity: dict[str, Any], exact: bool) -> None:
     if parity["identical_generations"] != parity["prompts"]:
         numeric.append(f"greedy tokens differ (agreement {parity['greedy_token_agreement']:.3f}, "
                        f"first divergence at token {parity['first_divergence']})")
-    failed = structural + (numeric if exact else [])
+    failed = structural + (_fp_faults(parity, tolerance) if tolerance is not None else [])
     log.info("%s %s: agreement %.3f, max|Δlogit| %s, chat ids %s, stopped %d/%d",
              "✗" if failed else "✓", artifact_id, parity["greedy_token_agreement"],
              parity["max_abs_logit_diff"], "match" if parity["chat_prompt_ids_match"] else "DIFFER",
@@ -184,7 +229,11 @@ def judge(artifact_id: str, parity: dict[str, Any], exact: bool) -> None:
         raise ArtifactError(
             f"{artifact_id} is not the student: " + "; ".join(failed) + ".",
             hint="It is not recorded as an artifact. " + (
-                "A full-precision export must reproduce the merged model's greedy tokens exactly."
-                if exact else "The tokenizer or end-of-turn handling broke in the export."))
+                "A full-precision export must reproduce the merged model: its greedy tokens, but "
+                "for near ties its logit differences explain." if tolerance is not None
+                else "The tokenizer or end-of-turn handling broke in the export."))
+    if tolerance is not None and numeric:
+        numeric = [f"{', '.join(numeric)}, at near ties (reference margins "
+                   f"{[m for m in parity['divergence_margins'] if m is not None]}, within 2 x max|Δlogit|)"]
     for p in numeric:
         log.warning("%s: %s", artifact_id, p)
