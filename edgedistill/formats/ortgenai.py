@@ -39,10 +39,11 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(merged),
            "-o", str(out_dir), "-p", precision, "-e", "cpu", "-c", str(cache)]
     if precision == "int4":
-        # 4-bit body with lm_head and the sensitive layers at 8 bits (llama.cpp's Q4_K_M mix):
-        # all-4-bit RTN halved the demo student's exact match (0.33 vs 0.60 fp32); the mix gave
-        # 0.47 with RTN in 17 s and 0.48 with k-quant in 64 s, so RTN
-        cmd += ["--extra_options", f"block_size={block_size}", "accuracy_level=4", "algo_config=rtn",
+        # k-quant 4-bit body with lm_head and the sensitive layers at 8 bits (llama.cpp's Q4_K_M
+        # mix). Exact match of two demo students (fp32 0.60 and 0.57): all-4-bit RTN 0.33; the
+        # mix with RTN 0.47 and 0.37 (17 s); with k-quant 0.48 and 0.45 (54-64 s). The package
+        # phones run is worth the extra seconds.
+        cmd += ["--extra_options", f"block_size={block_size}", "accuracy_level=4", "algo_config=k_quant",
                 "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8"]
     log.info("building the ORT GenAI %s package from %s", precision, merged)
     with open(log_file, "w") as f:
