@@ -89,6 +89,8 @@ def test_manifest_records_source_and_tool_versions(tiny_run):
     assert "student/merged" in gguf["inputs"]
     assert stages["quantize:gguf-q8_0"]["metrics"]["artifact"]["quantized_from"] == \
         "export/gguf/model-f16.gguf"
+    # llama.cpp's quantizer prints a line per tensor: into the run's log, not the terminal
+    assert "blk.0.attn_q.weight" in (tiny_run.logs_dir / "gguf-quantize-q4_k_m.log").read_text()
 
 
 def test_chat_prompt_ids_match_across_hf_llama_cpp_and_ort_genai(tiny_run):

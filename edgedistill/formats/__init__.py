@@ -230,7 +230,9 @@ def _quantize_gguf(run: Run, stage: Any, par: Parity, qtype: str) -> None:
     src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
     final = run.gguf_dir / f"model-{qtype.lower()}.gguf"
     tmp = stage.output(final)
-    gguf.quantize(src, tmp, qtype)
+    log_file = run.logs_dir / f"gguf-quantize-{qtype.lower()}.log"
+    log_file.unlink(missing_ok=True)
+    gguf.quantize(src, tmp, qtype, log_file=log_file)
     result = par.check(f"gguf-{qtype.lower()}", "gguf", tmp, exact=False)
     _artifact(stage, "gguf", qtype.lower(), final, [final], result,
               llama_cpp_version=f"llama-cpp-python {gguf.llama_cpp_python_version()}",

@@ -9,6 +9,7 @@ Quantization goes through ``llama_cpp.llama_model_quantize``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 from edgedistill.config import cache_dir
 from edgedistill.errors import ArtifactError, ConfigError, NotAvailable
@@ -176,8 +178,38 @@ def quant_types() -> dict[str, int]:
             for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_MOSTLY_")}
 
 
-def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> None:
-    """GGUF → quantized GGUF with llama.cpp's quantizer (``llama_model_quantize``)."""
+@contextlib.contextmanager
+def _native_output_to(log_file: Path) -> Iterator[None]:
+    """Send what native code prints on fds 1 and 2 (llama.cpp's quantizer: a line per tensor,
+    through C stdio and llama-cpp-python's log callback) to ``log_file`` instead of the terminal."""
+    import ctypes
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_file, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
+                contextlib.redirect_stderr(f):  # the log callback prints to sys.stderr
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                ctypes.CDLL(None).fflush(None)  # C stdio's buffers belong in the file too
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
+def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
+             log_file: Path | None = None) -> None:
+    """GGUF → quantized GGUF with llama.cpp's quantizer (``llama_model_quantize``); its per-tensor
+    output goes to ``log_file`` when given."""
     import ctypes
 
     import llama_cpp
@@ -189,6 +221,9 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> No
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[qtype.lower()]
     params.nthread = threads or 0
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with _native_output_to(log_file) if log_file else contextlib.nullcontext():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.exists():
-        raise ArtifactError(f"GGUF: llama.cpp's quantizer failed ({qtype}, code {rc}) on {src}.")
+        tail = "".join(log_file.read_text(errors="replace").splitlines(True)[-8:]) if log_file else ""
+        raise ArtifactError(f"GGUF: llama.cpp's quantizer failed ({qtype}, code {rc}) on {src}.",
+                            hint=f"Its last output ({log_file}):\n{tail}" if log_file else None)
