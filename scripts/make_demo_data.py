@@ -3,7 +3,9 @@
 
     python scripts/make_demo_data.py [--seed 20261128] [--n 300]
 
-The same seed writes the same file.
+The same seed writes the same file. The instruction to answer briefly is not repeated in every
+prompt: profiles/demo.yaml gives it once, as teacher.system_prompt, which every teacher record
+(and so the student's training and eval prompts) carries.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import random
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "edgedistill" / "profiles" / "data" / "demo.jsonl"
-SUFFIX = " Reply with the answer only."
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
@@ -84,7 +85,7 @@ def make(rng: random.Random, n: int) -> list[dict]:
         if q in seen:
             continue
         seen.add(q)
-        rows.append({"id": f"demo-{len(rows):04d}", "prompt": q + SUFFIX, "answer": a})
+        rows.append({"id": f"demo-{len(rows):04d}", "prompt": q, "answer": a})
     return rows
 
 
