@@ -48,6 +48,7 @@ def tight_gguf(path: str, threads: int, n_prompt: int, n_gen: int, reps: int,
     model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 512, 512, threads, threads
+    cp.flash_attn_type = 1  # enabled, as the bench's runtime asks (the C default is auto)
     ctx = L.llama_init_from_model(model, cp)
     vocab = L.llama_model_get_vocab(model)
     text = (FILLER * 40).encode()
