@@ -125,6 +125,7 @@ def test_roofline_is_measured_bandwidth_over_bytes(benched):
     run, art, *_ = benched
     rec = json.loads((run.bench_dir / "tiny-x86" / "gguf-q4_1.json").read_text())
     assert rec["bandwidth_gbs"] > 0 and "numpy" in rec["bandwidth_method"]
+    assert f"{rec['settings']['threads']} thread" in rec["bandwidth_method"]  # as many as the decode
     bound = rec["bandwidth_gbs"] * 1e9 / art["bytes"]
     assert rec["roofline_fraction"] == pytest.approx(rec["decode_tokens_per_s"]["p50"] / bound, rel=1e-3)
     assert rec["measured_on"]["arch"] == platform.machine() and rec["on_target"] is True
@@ -173,6 +174,13 @@ def test_runner_reports_a_broken_artifact_without_stopping(tmp_path):
     out = run_spec(spec)
     assert "cannot load" in out["results"][0]["error"]
     assert out["host"]["arch"] == platform.machine() and out["bandwidth"]["copy_gbs"] > 0
+
+
+def test_bandwidth_is_measured_on_the_decode_threads():
+    from edgedistill.bench.measure import measure_bandwidth
+
+    bw = measure_bandwidth(threads=2, size_mb=64, repeats=2)
+    assert bw["threads"] == 2 and "2 thread" in bw["method"] and bw["copy_gbs"] > 0
 
 
 def test_device_side_imports_no_torch():

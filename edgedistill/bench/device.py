@@ -56,9 +56,9 @@ def run_spec(spec: dict[str, Any], progress: Callable[[str], None] = lambda s: N
     settings = spec["settings"]
     host = host_info()
     progress(f"host: {host['cpu']} ({host['arch']}, {host['cores_logical']} cores)")
-    bandwidth = measure_bandwidth()
-    progress(f"memory bandwidth (numpy copy): {bandwidth['copy_gbs']} GB/s")
     threads = settings.get("threads") or host["cores_logical"]
+    bandwidth = measure_bandwidth(threads)
+    progress(f"memory bandwidth (numpy copy, {threads} threads): {bandwidth['copy_gbs']} GB/s")
     results = []
     for art in spec["artifacts"]:
         one = {"kind": KIND_OF_FORMAT[art["format"]], "path": art["path"], "threads": threads,

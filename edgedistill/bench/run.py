@@ -7,7 +7,8 @@ Besides the runner's raw figures (see :mod:`edgedistill.bench.measure`) each art
   ``on_target``: whether that machine is the target (same arch, and either the target is the
   generic host target or the bench ran on the device over SSH). When it is not, the figures are
   the host's, never the device's, and the report says so;
-- ``bandwidth_gbs``: the measuring machine's memory bandwidth, measured (numpy copy), never assumed;
+- ``bandwidth_gbs``: the measuring machine's memory bandwidth, measured (numpy copy on as many
+  threads as the decode uses), never assumed;
 - ``roofline_fraction``: decode tokens/s p50 over the bandwidth bound (bandwidth / bytes read per
   token, taken as the artifact's size). Above 1 means the weights sat in cache, not DRAM;
 - ``predicted_decode_tokens_per_s``: for a target that is not the measuring machine and that names
