@@ -14,8 +14,8 @@ import click
 
 from edgedistill import __version__
 from edgedistill.errors import EdgeDistillError
+from edgedistill.registry import FORMAT_NAMES, STAGE_NAMES, stage_fn
 
-STAGE_NAMES = ("generate", "train", "merge", "export", "quantize", "eval", "bench", "report")
 
 
 class UserFacingError(click.ClickException):
@@ -68,7 +68,6 @@ def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], 
     written when the recipe, the data or the first stage is not usable."""
     from edgedistill.config import find_recipe, load_recipe
     from edgedistill.data import load_prompts
-    from edgedistill.pipeline import stage_fn
     from edgedistill.rundir import Run
 
     path = find_recipe(recipe)
@@ -80,7 +79,6 @@ def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], 
 
 
 def _stage(name: str, run_dir: str, overrides: tuple[str, ...], force: bool, **options) -> None:
-    from edgedistill.pipeline import stage_fn
 
     run = _open(run_dir, overrides)
     fn = stage_fn(name)
@@ -135,27 +133,29 @@ def generate(recipe, run_dir, overrides, force):
     fn(the_run, force=force)
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path())
-@set_option
-@force_option
-def train(run_dir, overrides, force):
-    """LoRA fine-tune the student on the teacher's answers: RUN/student/adapter/."""
-    _stage("train", run_dir, overrides, force)
+def _simple_stage(name: str, doc: str) -> None:
+    """``edgedistill NAME RUN_DIR [--set ...] [--force]``: a stage that needs only the run."""
+
+    @cli.command(name, help=doc)
+    @click.argument("run_dir", type=click.Path())
+    @set_option
+    @force_option
+    def command(run_dir, overrides, force):
+        _stage(name, run_dir, overrides, force)
+
+
+for _name, _doc in (
+    ("train", "Fine-tune the student on the teacher's verified answers: RUN/student/adapter/."),
+    ("merge", "Fold the adapter into the base weights and prove merged == adapter: RUN/student/merged/."),
+    ("quantize", "Quantize the exports (ONNX int8/int4, GGUF q8_0/q4_k_m/...) as the recipe says."),
+    ("eval", "Score the teacher, the student before and after, and every artifact: the retention ladder."),
+):
+    _simple_stage(_name, _doc)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@set_option
-@force_option
-def merge(run_dir, overrides, force):
-    """Fold the adapter into the base weights and prove merged == adapter: RUN/student/merged/."""
-    _stage("merge", run_dir, overrides, force)
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path())
-@click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "ortgenai", "gguf"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMAT_NAMES),
               help="Export only these formats (default: the recipe's export.formats).")
 @set_option
 @force_option
@@ -166,31 +166,13 @@ def export(run_dir, formats, overrides, force):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@set_option
-@force_option
-def quantize(run_dir, overrides, force):
-    """Quantize the exports (ONNX int8/int4, GGUF q8_0/q4_k_m/...) as the recipe says."""
-    _stage("quantize", run_dir, overrides, force)
-
-
-@cli.command("eval")
-@click.argument("run_dir", type=click.Path())
-@set_option
-@force_option
-def eval_(run_dir, overrides, force):
-    """Score the teacher, the student before and after, and every artifact: the retention ladder."""
-    _stage("eval", run_dir, overrides, force)
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path())
 @click.option("--target", "target", default="cpu-x86", show_default=True, help="Target name or YAML path.")
 @click.option("--host", help="USER@HOST: run the bench there over SSH (host keys checked).")
 @set_option
 @force_option
 def bench(run_dir, target, host, overrides, force):
     """Measure latency, throughput and memory of each artifact the target can run."""
-    from edgedistill.config import load_target
+    from edgedistill.hardware import load_target
 
     load_target(target)  # an unknown target fails before anything runs
     _stage("bench", run_dir, overrides, force, target=target, host=host)

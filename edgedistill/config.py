@@ -1,4 +1,4 @@
-"""Typed recipes and targets.
+"""Typed recipes (profiles/*.yaml): one pydantic model per section.
 
 A recipe's YAML key is the model's field name is the ``--set`` path. Unknown keys fail with the
 valid ones listed; a wrong type fails with the key and the expected type. Paths in a recipe
@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 
 from edgedistill.errors import ConfigError
-
-TASKS = ("qa", "math", "nli", "classification", "summarization", "conversation")
-RUNTIMES = ("llama.cpp", "onnxruntime", "onnxruntime-genai", "transformers")
-FORMATS = ("onnx", "ortgenai", "gguf")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# recipe
+from edgedistill.registry import FORMAT_NAMES, TASKS
+from edgedistill.schema import Strict, apply_overrides, bundled, read_yaml, validate
 
 
 class DataConfig(Strict):
@@ -105,7 +94,7 @@ class QuantizeConfig(Strict):
 
 
 class ExportConfig(Strict):
-    formats: list[Literal["onnx", "ortgenai", "gguf"]] = ["onnx", "ortgenai", "gguf"]
+    formats: list[Literal[FORMAT_NAMES]] = list(FORMAT_NAMES)
     quantize: QuantizeConfig = QuantizeConfig()
     gguf_outtype: Literal["f16", "bf16", "f32"] = "f16"
     llama_cpp_dir: Union[str, None] = None  # a llama.cpp checkout to take the converter from
@@ -126,7 +115,7 @@ class GatesConfig(Strict):
 
 
 class Recipe(Strict):
-    task: Literal["qa", "math", "nli", "classification", "summarization", "conversation"]
+    task: Literal[TASKS]
     data: DataConfig
     teacher: TeacherConfig
     student: StudentConfig
@@ -145,166 +134,7 @@ class Recipe(Strict):
 
 
 # ---------------------------------------------------------------------------------------------
-# targets
-
-
-class RuntimeSupport(Strict):
-    runtime: str
-    format: Literal["onnx", "ortgenai", "gguf"]
-    precisions: list[str]
-    providers: list[str] = []  # e.g. CUDAExecutionProvider for onnxruntime on a Jetson
-    gpu_layers: int = 0  # llama.cpp offload
-
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, v: str) -> str:
-        if v not in RUNTIMES:
-            raise ValueError(f"unknown runtime {v!r}; known runtimes: {', '.join(RUNTIMES)}")
-        return v
-
-
-class RunSettings(Strict):
-    threads: Union[int, None] = Field(None, ge=1)  # None: all cores of the machine
-    thread_sweep: list[int] = []
-    context: int = Field(512, ge=64)
-    prompt_tokens: int = Field(64, ge=1)
-    generate_tokens: int = Field(64, ge=1)
-    repetitions: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
-
-
-class Budgets(Strict):
-    max_peak_rss_mb: Union[float, None] = None
-    max_ttft_ms: Union[float, None] = None
-    min_decode_tokens_per_s: Union[float, None] = None
-
-
-class Target(Strict):
-    name: str
-    description: str = ""
-    arch: Literal["x86_64", "aarch64", "armv7l"]
-    cores: Union[int, None] = Field(None, ge=1)  # None: the host's (a generic host target)
-    ram_mb: Union[int, None] = Field(None, ge=64)
-    memory_bandwidth_gbs: Union[float, None] = Field(None, gt=0)  # None: measured on the host
-    l3_cache_mb: Union[float, None] = None
-    accelerators: list[str] = []
-    runs: list[RuntimeSupport]
-    settings: RunSettings = RunSettings()
-    budgets: Budgets = Budgets()
-
-    def runtime_for(self, fmt: str, precision: str) -> RuntimeSupport | None:
-        for r in self.runs:
-            if r.format == fmt and precision in r.precisions:
-                return r
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
 # loading
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist.") from None
-    except OSError as e:
-        raise ConfigError(f"Cannot read {path}: {e.strerror}.") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise ConfigError(f"{path} is not valid YAML ({where}): {e.problem}.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}.") from None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """The valid keys of the (sub)model reached by ``loc``, or None when loc leaves the models."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    """The BaseModel inside Optional[...] / Union[...], else the annotation itself."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
-
-
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"{source} does not validate:"]
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1]) or []
-            parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
-            lines.append(f"  unknown key '{dotted}'; valid keys under {parent}: {', '.join(valid)}")
-        elif e["type"] == "missing":
-            lines.append(f"  missing key '{dotted}'")
-        else:
-            shown = e.get("input")
-            shown = repr(shown) if not isinstance(shown, (dict, list)) else type(shown).__name__
-            lines.append(f"  {dotted}: {e['msg']} (got {shown})")
-    return "\n".join(lines)
-
-
-def validate(model: type[BaseModel], data: Any, source: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must be a YAML mapping of keys, got {type(data).__name__}.")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, model, source)) from None
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.max_steps=50).")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted key.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=c`` overrides to a raw recipe dict; unknown keys fail with the valid ones."""
-    data = json.loads(json.dumps(data))  # deep copy, plain types
-    for item in overrides:
-        path, value = parse_override(item)
-        valid = _fields_at(model, tuple(path[:-1]))
-        if valid is None or path[-1] not in valid:
-            parent = ".".join(path[:-1]) or "the top level"
-            known = ", ".join(valid) if valid else "(none: not a section)"
-            raise ConfigError(
-                f"--set {item}: unknown key '{'.'.join(path)}'; valid keys under {parent}: {known}."
-            )
-        node = data
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
-    return data
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
@@ -332,10 +162,6 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return data
 
 
-def bundled(kind: Literal["profiles", "targets"]) -> Path:
-    return Path(str(resources.files("edgedistill") / kind))
-
-
 def find_recipe(name_or_path: str | None) -> Path:
     """A recipe path, or the name of a bundled profile (``demo``)."""
     if name_or_path is None:
@@ -354,7 +180,7 @@ def find_recipe(name_or_path: str | None) -> Path:
 
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping of recipe keys.")
     raw = _resolve_paths(raw, path.resolve().parent)
@@ -373,23 +199,6 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def known_targets() -> list[str]:
-    return sorted(p.stem for p in bundled("targets").glob("*.yaml"))
-
-
-def load_target(name_or_path: str) -> Target:
-    p = Path(name_or_path)
-    if not p.exists():
-        named = bundled("targets") / f"{name_or_path}.yaml"
-        if p.suffix or not named.exists():
-            raise ConfigError(
-                f"Unknown target {name_or_path!r}.",
-                hint=f"Known targets: {', '.join(known_targets())}; or pass a path to a target YAML.",
-            )
-        p = named
-    return validate(Target, _read_yaml(p), str(p))
 
 
 def cache_dir() -> Path:

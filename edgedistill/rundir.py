@@ -22,22 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgedistill import __version__
-from edgedistill.config import Recipe, apply_overrides, save_recipe, validate, _read_yaml
+from edgedistill.config import Recipe, save_recipe
+from edgedistill.schema import apply_overrides, read_yaml, validate
 from edgedistill.errors import ConfigError, StageMissing
+from edgedistill.registry import stage_info
 
 log = logging.getLogger(__name__)
-
-# The recipe sections each stage depends on: a change in one of them re-runs the stage.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "generate": ("task", "data", "teacher", "seed"),
-    "train": ("task", "student", "train", "seed"),
-    "merge": ("student",),
-    "export": ("export",),
-    "quantize": ("export",),
-    "eval": ("task", "eval", "teacher", "student"),
-    "bench": ("targets",),
-    "report": ("gates", "targets"),
-}
 
 TRACKED_PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "optimum", "optimum-onnx", "onnx",
@@ -104,7 +94,7 @@ class Stage:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.partial")
-        _remove(tmp)
+        remove_path(tmp)
         self._pending.append((tmp, final))
         return tmp
 
@@ -118,7 +108,7 @@ class Stage:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             for tmp, _ in self._pending:
-                _remove(tmp)
+                remove_path(tmp)
             self.run._set_stage(self.name, {
                 "status": "failed", "config_hash": self.config_hash,
                 "error": f"{exc_type.__name__}: {exc}"[:500],
@@ -128,7 +118,7 @@ class Stage:
         for tmp, final in self._pending:
             if not tmp.exists():
                 raise RuntimeError(f"stage {self.name} registered {final} but never wrote it")
-            _remove(final)
+            remove_path(final)
             tmp.rename(final)
         outputs = {}
         for p in [final for _, final in self._pending] + self._recorded:
@@ -146,7 +136,7 @@ class Stage:
         return False
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
@@ -197,7 +187,7 @@ class Run:
         run = cls(root)
         run.root.mkdir(parents=True, exist_ok=True)
         if run.config_path.exists():
-            old = _read_yaml(run.config_path)
+            old = read_yaml(run.config_path)
             if old != recipe.model_dump(mode="json"):
                 log.info("recipe changed; stages that depend on the changed keys will re-run")
         save_recipe(recipe, run.config_path)
@@ -219,7 +209,7 @@ class Run:
                 f"or `edgedistill generate RECIPE --run-dir {root}`.",
             )
         if overrides:
-            raw = _read_yaml(run.config_path)
+            raw = read_yaml(run.config_path)
             recipe = validate(Recipe, apply_overrides(Recipe, raw, list(overrides)), "--set")
             save_recipe(recipe, run.config_path)
             with run._manifest() as m:
@@ -230,7 +220,7 @@ class Run:
 
     @property
     def recipe(self) -> Recipe:
-        return validate(Recipe, _read_yaml(self.config_path), str(self.config_path))
+        return validate(Recipe, read_yaml(self.config_path), str(self.config_path))
 
     # --- manifest --------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
@@ -271,7 +261,7 @@ class Run:
 
     # --- stage protocol ----------------------------------------------------------------------
     def config_hash(self, stage: str) -> str:
-        return self.recipe.section_hash(*STAGE_SECTIONS[stage.partition(":")[0]])
+        return self.recipe.section_hash(*stage_info(stage).sections)
 
     def begin(self, name: str, inputs: list[Path] = (), force: bool = False,
               config: dict[str, Any] | None = None) -> Stage | None:
@@ -285,14 +275,14 @@ class Run:
         if (not force and entry and entry.get("status") == "done"
                 and entry.get("config_hash") == config_hash
                 and entry.get("inputs") == in_digests
-                and self._outputs_intact(entry)):
+                and self.outputs_intact(entry)):
             log.info("%s is up to date (use --force %s to redo it)", name, name.partition(":")[0])
             return None
         self._set_stage(name, {"status": "running", "config_hash": config_hash,
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return Stage(self, name, config_hash, in_digests)
 
-    def _outputs_intact(self, entry: dict[str, Any]) -> bool:
+    def outputs_intact(self, entry: dict[str, Any]) -> bool:
         for rel, d in entry.get("outputs", {}).items():
             p = self.root / rel
             if not p.exists():
@@ -306,7 +296,7 @@ class Run:
     def require(self, stage: str, needed_by: str) -> dict[str, Any]:
         """The manifest entry of a finished stage, or a StageMissing naming the command to run."""
         entry = self.stage_entry(stage)
-        if entry and entry.get("status") == "done" and self._outputs_intact(entry):
+        if entry and entry.get("status") == "done" and self.outputs_intact(entry):
             return entry
         have = sorted(self.rel(p) for p in self.root.rglob("*")
                       if p.is_file() and not p.name.startswith(".") and p.parent != self.root

@@ -26,12 +26,15 @@ CHILD = """
 import json, logging, sys, resource
 logging.basicConfig(level=logging.WARNING)
 from edgedistill.rundir import Run
-from edgedistill import formats
+from edgedistill.formats.export import export_jobs
+from edgedistill.formats.jobs import run_all
+from edgedistill.formats.parity import Checker
+from edgedistill.formats.quantize import quantize_jobs
 run, name = Run(sys.argv[1]), sys.argv[2]
-par, failures = formats.Parity(run), []
-jobs = formats.export_jobs(run, list(run.recipe.export.formats), par)
-jobs += formats.quantize_jobs(run, par, failures) if name.startswith("quantize:") else []
-failures += formats._run_all([j for j in jobs if j[0] == name], run, force=True)
+par, failures = Checker(run), []
+jobs = export_jobs(run, list(run.recipe.export.formats), par)
+jobs += quantize_jobs(run, par, failures) if name.startswith("quantize:") else []
+failures += run_all([j for j in jobs if j[0] == name], run, force=True)
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tools = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # converter / builder processes
 print(json.dumps({"ok": not failures, "failures": failures, "peak_rss_kb": max(own, tools),
@@ -65,7 +68,7 @@ def main() -> None:
     # fork and exec), so this parent stays small and each stage's peak is its own.
     imported = work / "imported"
     subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                    "from edgedistill.student import import_gguf; "
+                    "from edgedistill.train.student import import_gguf; "
                     "import_gguf(Path(sys.argv[1]), Path(sys.argv[2]))",
                     str(models.resolve(args.model)), str(imported)], check=True)
     print(f"imported {args.model} in {time.time() - t0:.1f} s", file=sys.stderr)

@@ -153,7 +153,7 @@ def prepare_default(cache: Path) -> list[dict]:
     onnx_dir = cache / "onnx"
     if not (onnx_dir / "model.onnx").exists():
         from edgedistill.formats import onnx
-        from edgedistill.student import import_gguf
+        from edgedistill.train.student import import_gguf
 
         hf = import_gguf(Path(src), cache / "hf")
         tmp = cache / ".onnx-partial"
@@ -164,7 +164,7 @@ def prepare_default(cache: Path) -> list[dict]:
 
 
 def from_run(run_dir: str, ids: list[str] | None = None) -> list[dict]:
-    from edgedistill.formats import list_artifacts
+    from edgedistill.artifacts import list_artifacts
     from edgedistill.rundir import Run
 
     listed = [a for a in list_artifacts(Run(Path(run_dir))) if a["format"] in ("gguf", "onnx")]

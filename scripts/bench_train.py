@@ -77,7 +77,7 @@ def make_run(folder: Path, model: str, args, packing: bool):
 
 
 def mode_edgedistill(folder: Path, model: str, args, packing: bool) -> dict:
-    from edgedistill.train import train
+    from edgedistill.train.finetune import train
 
     run = make_run(folder, model, args, packing)
     train(run, force=True)  # every repeat trains again
@@ -93,8 +93,8 @@ def mode_baseline(folder: Path, model: str, args) -> dict:
     from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments,
                               set_seed)
 
-    from edgedistill.collate import encode_example
-    from edgedistill.student import load_tokenizer
+    from edgedistill.train.collate import encode_example
+    from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(model)
     data = [e for e in (encode_example(tok, r, args.max_length) for r in records()) if e]
@@ -140,8 +140,8 @@ def child(args) -> None:
 
 
 def length_stats(model: str, max_length: int) -> dict:
-    from edgedistill.collate import encode_example
-    from edgedistill.student import load_tokenizer
+    from edgedistill.train.collate import encode_example
+    from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(model)
     n = sorted(len(e["input_ids"]) for e in (encode_example(tok, r, max_length) for r in records()) if e)

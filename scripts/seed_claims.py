@@ -60,9 +60,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from edgedistill.bench.device import KIND_OF_FORMAT, measure_in_subprocess
-    from edgedistill.bench.measure import artifact_bytes, host_info
-    from edgedistill.evaluate import TEACHER, load_summary
-    from edgedistill.formats import list_artifacts
+    from edgedistill.bench.host import host_info
+    from edgedistill.bench.measure import artifact_bytes
+    from edgedistill.evaluate.ladder import TEACHER, load_summary
+    from edgedistill.artifacts import list_artifacts
     from edgedistill.rundir import Run
 
     run = Run(Path(a.run))

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from edgedistill.bench import run as bench_run
 from edgedistill.cli import cli
-from edgedistill.config import load_recipe, load_target
+from edgedistill.config import load_recipe
+from edgedistill.hardware import load_target
 from edgedistill.errors import ArtifactError
 from edgedistill.rundir import Run
 
@@ -42,7 +43,7 @@ def make_run(root: Path, eval_records: list[dict] | None = None, **sections) -> 
 def gguf_artifact(run: Run, gguf: Path, precision: str = "q4_1") -> dict:
     """The real GGUF registered as the quantize stage registers an artifact, as list_artifacts
     then reports it (the exporter's contract, used as is)."""
-    from edgedistill.formats import list_artifacts
+    from edgedistill.artifacts import list_artifacts
 
     dst = run.gguf_dir / f"model-{precision}.gguf"
     with run.begin(f"quantize:gguf-{precision}", force=True) as stage:
@@ -59,7 +60,7 @@ def gguf_artifact(run: Run, gguf: Path, precision: str = "q4_1") -> dict:
 
 def onnx_artifact(run: Run, hf_dir: Path) -> dict:
     """``hf_dir`` exported to ONNX by the exporter's own optimum path, registered as export:onnx."""
-    from edgedistill.formats import list_artifacts
+    from edgedistill.artifacts import list_artifacts
     from edgedistill.formats import onnx
 
     with run.begin("export:onnx", force=True) as stage:
@@ -177,7 +178,7 @@ def test_runner_reports_a_broken_artifact_without_stopping(tmp_path):
 
 
 def test_bandwidth_is_measured_on_the_decode_threads():
-    from edgedistill.bench.measure import measure_bandwidth
+    from edgedistill.bench.host import measure_bandwidth
 
     bw = measure_bandwidth(threads=2, size_mb=64, repeats=2)
     assert bw["threads"] == 2 and "2 thread" in bw["method"] and bw["copy_gbs"] > 0

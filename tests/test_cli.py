@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from edgedistill.cli import cli
-from edgedistill.pipeline import IMPLEMENTATIONS
 
 from conftest import write_recipe
 
@@ -108,24 +107,13 @@ def test_run_dir_missing_artifact_names_the_command(recipe_file, tmp_path):
     run = Run.create(tmp_path / "run", load_recipe(recipe_file))
     result = invoke("merge", str(run.root))
     _user_error(result)
-    assert f"edgedistill train {run.root}" in result.output or "not available yet" in result.output
+    assert f"edgedistill train {run.root}" in result.output
 
 
 def test_not_a_run_dir_exits_2(tmp_path):
     result = invoke("train", str(tmp_path / "nothing"))
     assert result.exit_code == 2
     assert "does not exist" in result.output and "edgedistill run" in result.output
-
-
-def test_stage_not_shipped_says_so(monkeypatch, recipe_file, tmp_path):
-    from edgedistill.config import load_recipe
-    from edgedistill.rundir import Run
-
-    run = Run.create(tmp_path / "run", load_recipe(recipe_file))
-    monkeypatch.setitem(IMPLEMENTATIONS, "quantize", "edgedistill.not_shipped:quantize")
-    result = invoke("quantize", str(run.root))
-    assert result.exit_code == 2
-    assert "not available yet" in result.output
 
 
 def test_verbose_shows_the_traceback(tmp_path):
@@ -145,7 +133,6 @@ def test_full_disk_is_a_user_error(monkeypatch, recipe_file, tmp_path):
 
     monkeypatch.setattr(rundir, "save_recipe", no_space)
     # the disk fills while the run directory is created, before any stage function is called
-    monkeypatch.setitem(IMPLEMENTATIONS, "generate", "edgedistill.data:read_jsonl")
     result = invoke("run", str(recipe_file), "--run-dir", str(tmp_path / "run"))
     _user_error(result)
     assert "No space left on device" in result.output and "config.yaml" in result.output

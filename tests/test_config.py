@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgedistill.config import (
-    Recipe, apply_overrides, bundled, find_recipe, known_targets, load_recipe, load_target,
-)
+from edgedistill.config import Recipe, find_recipe, load_recipe
+from edgedistill.hardware import known_targets, load_target
+from edgedistill.schema import apply_overrides, bundled
 from edgedistill.errors import ConfigError
 
 from conftest import write_recipe

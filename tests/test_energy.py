@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from edgedistill.bench import measure
+from edgedistill.bench import energy
 
 ORIN = ("11-28-2026 12:00:00 RAM 2345/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) "
         "CPU [12%@1510,8%@1510,5%@1510,3%@1510,off,off] EMC_FREQ 0%@2133 GR3D_FREQ 0%@[624] VIC_FREQ 729 "
@@ -24,10 +24,10 @@ RAILS_ONLY = "RAM 900/1900MB CPU [1%@102] VDD_CPU 300mW/300mW VDD_GPU 200mW/200m
 
 
 def test_tegrastats_lines_give_the_input_rail():
-    assert measure.tegrastats_power_mw(ORIN) == (5012.0, "VDD_IN")
-    assert measure.tegrastats_power_mw(NANO) == (2091.0, "POM_5V_IN")
-    assert measure.tegrastats_power_mw(RAILS_ONLY) == (500.0, "VDD_CPU+VDD_GPU")  # no input rail: the sum
-    assert measure.tegrastats_power_mw("RAM 900/1900MB SWAP 0/0MB CPU [1%@102]") is None
+    assert energy.tegrastats_power_mw(ORIN) == (5012.0, "VDD_IN")
+    assert energy.tegrastats_power_mw(NANO) == (2091.0, "POM_5V_IN")
+    assert energy.tegrastats_power_mw(RAILS_ONLY) == (500.0, "VDD_CPU+VDD_GPU")  # no input rail: the sum
+    assert energy.tegrastats_power_mw("RAM 900/1900MB SWAP 0/0MB CPU [1%@102]") is None
 
 
 def _fake_tegrastats(tmp_path, line: str):
@@ -40,7 +40,7 @@ def _fake_tegrastats(tmp_path, line: str):
 
 
 def test_tegrastats_power_is_integrated_over_the_timed_window(tmp_path):
-    meter = measure.TegrastatsMeter(str(_fake_tegrastats(tmp_path, ORIN)), interval_ms=50)
+    meter = energy.TegrastatsMeter(str(_fake_tegrastats(tmp_path, ORIN)), interval_ms=50)
     assert meter.available
     meter.start()
     t0 = time.monotonic()
@@ -52,14 +52,14 @@ def test_tegrastats_power_is_integrated_over_the_timed_window(tmp_path):
 
 
 def test_energy_meter_prefers_rapl_then_tegrastats(tmp_path, monkeypatch):
-    rapl = measure.RaplMeter
-    monkeypatch.setattr(measure, "RaplMeter", lambda: rapl(tmp_path / "no-powercap"))
+    rapl = energy.RaplMeter
+    monkeypatch.setattr(energy, "RaplMeter", lambda: rapl(tmp_path / "no-powercap"))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert measure.energy_meter() is None
-    assert "no tegrastats" in measure.energy_meter.reason and "RAPL" in measure.energy_meter.reason
+    assert energy.energy_meter() is None
+    assert "no tegrastats" in energy.energy_meter.reason and "RAPL" in energy.energy_meter.reason
     (tmp_path / "bin").mkdir()
     _fake_tegrastats(tmp_path / "bin", NANO)
-    assert isinstance(measure.energy_meter(), measure.TegrastatsMeter)
+    assert isinstance(energy.energy_meter(), energy.TegrastatsMeter)
 
 
 def test_rapl_counts_across_a_wrap(tmp_path):
@@ -70,7 +70,7 @@ def test_rapl_counts_across_a_wrap(tmp_path):
         (z / "max_energy_range_uj").write_text("1000000\n")
     (zone / "energy_uj").write_text("999000\n")
     (sub / "energy_uj").write_text("5\n")
-    meter = measure.RaplMeter(tmp_path)
+    meter = energy.RaplMeter(tmp_path)
     assert meter.available and len(meter.zones) == 1
     meter.start()
     (zone / "energy_uj").write_text("4000\n")  # wrapped past max_energy_range_uj

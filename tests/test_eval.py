@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from edgedistill import evaluate as ev
-from edgedistill import metrics
+from edgedistill.evaluate import ladder as ev
+from edgedistill.evaluate import metrics
 from edgedistill.data import read_jsonl
 
 from test_bench import gguf_artifact, make_run

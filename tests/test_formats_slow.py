@@ -11,7 +11,9 @@ from conftest import write_recipe
 from edgedistill import runtimes
 from edgedistill.config import load_recipe
 from edgedistill.data import write_jsonl
-from edgedistill.formats import export, list_artifacts, quantize
+from edgedistill.artifacts import list_artifacts
+from edgedistill.formats.export import export
+from edgedistill.formats.quantize import quantize
 from edgedistill.rundir import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -25,7 +27,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory, smollm2_gguf) -> Run:
-    from edgedistill.student import import_gguf
+    from edgedistill.train.student import import_gguf
 
     root = tmp_path_factory.mktemp("smol")
     recipe = load_recipe(write_recipe(

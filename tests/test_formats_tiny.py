@@ -18,7 +18,9 @@ from conftest import write_recipe
 from edgedistill import runtimes
 from edgedistill.config import load_recipe
 from edgedistill.errors import ArtifactError
-from edgedistill.formats import export, list_artifacts, quantize
+from edgedistill.artifacts import list_artifacts
+from edgedistill.formats.export import export
+from edgedistill.formats.quantize import quantize
 from edgedistill.rundir import Run
 
 EXPORT = {"parity_prompts": 2, "parity_max_new_tokens": 12,
@@ -181,7 +183,7 @@ def test_a_damaged_artifact_in_the_run_is_not_listed(tiny_run, tmp_path):
 def test_killed_export_leaves_no_artifact(tmp_path, tiny_model_dir):
     run = make_run(tmp_path, tiny_model_dir)
     code = ("import logging, sys; from edgedistill.rundir import Run; "
-            "from edgedistill.formats import export; export(Run(sys.argv[1]), formats=['gguf'])")
+            "from edgedistill.formats.export import export; export(Run(sys.argv[1]), formats=['gguf'])")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run.root)], start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it while the converter writes the GGUF

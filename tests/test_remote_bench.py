@@ -113,7 +113,7 @@ def test_remote_bench_over_real_sshd(ssh_env, tmp_path, smollm2_gguf):
     assert json.loads((device / "files.json").read_text())  # what the device already has
 
     # a second run finds the artifact there (same sha256) and copies only the runner
-    spec = bench_run._spec(bench_run.load_target(str(target)), bench_run.runnable(
+    spec = bench_run.device_spec(bench_run.load_target(str(target)), bench_run.runnable(
         bench_run.load_target(str(target)), [art])[0])
     again = remote.run_remote(host, spec, run.root)
     assert again["remote"]["copied_files"] == 0

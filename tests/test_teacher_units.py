@@ -9,13 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_recipe
-from edgedistill import tasks
+from edgedistill.evaluate import tasks
 from edgedistill.cli import cli
 from edgedistill.data import read_jsonl
 from edgedistill.teacher import BACKENDS, backend_module
 from edgedistill.teacher.dedup import dedupe, near_duplicates, split_ids
-from edgedistill.teacher.generate import is_refusal, open_log, read_log
-from edgedistill.teacher.openai_backend import retry_after_s, shown
+from edgedistill.teacher.generate import is_refusal
+from edgedistill.teacher.resume_log import open_log, read_log
+from edgedistill.teacher.backends.openai import retry_after_s, shown
 from servers import FaultProxy, closed_port_url
 
 

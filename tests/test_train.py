@@ -29,7 +29,7 @@ def _adapter_tensors(path: Path) -> dict:
 
 
 def test_train_moves_the_adapter_not_the_base(tmp_path, tiny_model_dir):
-    from edgedistill.train import train
+    from edgedistill.train.finetune import train
 
     before = digest(tiny_model_dir)
     run = make_run(tmp_path, tiny_model_dir, max_steps=6)
@@ -60,8 +60,8 @@ def test_train_moves_the_adapter_not_the_base(tmp_path, tiny_model_dir):
 
 
 def test_labels_cover_only_the_assistant_turn(tiny_model_dir):
-    from edgedistill.collate import IGNORE, encode_example
-    from edgedistill.student import load_tokenizer
+    from edgedistill.train.collate import IGNORE, encode_example
+    from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
     rec = {"id": "x", "messages": [{"role": "system", "content": "Be short."},
@@ -79,8 +79,8 @@ def test_packing_does_not_leak_attention_across_examples(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgedistill.collate import Collator, encode_example
-    from edgedistill.student import load_tokenizer
+    from edgedistill.train.collate import Collator, encode_example
+    from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
@@ -105,7 +105,7 @@ def test_packing_does_not_leak_attention_across_examples(tiny_model_dir):
 def test_kd_loss_is_zero_when_distributions_are_equal():
     import torch
 
-    from edgedistill.kd import topk_kl
+    from edgedistill.train.kd import topk_kl
 
     torch.manual_seed(0)
     logits = torch.randn(2, 7, 50)
@@ -124,8 +124,8 @@ def _with_teacher_logprobs(tok, recs: list[dict], k: int = 3) -> list[dict]:
     per generated token, the chosen token and its top-k alternatives, as text and bytes."""
     import torch
 
-    from edgedistill.collate import encode_example
-    from edgedistill.kd import token_bytes_table
+    from edgedistill.train.collate import encode_example
+    from edgedistill.train.kd import token_bytes_table
 
     by_id = {i: b for b, i in token_bytes_table(tok).items()}
     gen = torch.Generator().manual_seed(0)
@@ -146,8 +146,8 @@ def _with_teacher_logprobs(tok, recs: list[dict], k: int = 3) -> list[dict]:
 
 
 def test_kd_trains_on_teacher_topk(tmp_path, tiny_model_dir):
-    from edgedistill.student import load_tokenizer
-    from edgedistill.train import train
+    from edgedistill.train.student import load_tokenizer
+    from edgedistill.train.finetune import train
 
     tok = load_tokenizer(str(tiny_model_dir))
     run = make_run(tmp_path, tiny_model_dir, max_steps=3, kd={"weight": 0.5, "temperature": 2.0},
@@ -164,9 +164,9 @@ def test_the_lm_head_runs_only_over_the_labelled_tail_and_the_loss_is_unchanged(
     import torch
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from edgedistill.collate import IGNORE, Collator, encode_example
-    from edgedistill.student import load_tokenizer
-    from edgedistill.trainer import DistilTrainer
+    from edgedistill.train.collate import IGNORE, Collator, encode_example
+    from edgedistill.train.student import load_tokenizer
+    from edgedistill.train.trainer import DistilTrainer
 
     tok = load_tokenizer(str(tiny_model_dir))
     batch = Collator(pad_id=tok.pad_token_id, packing=False)(
@@ -195,8 +195,8 @@ def test_the_lm_head_runs_only_over_the_labelled_tail_and_the_loss_is_unchanged(
 
 
 def test_kd_with_a_different_vocabulary_fails_naming_both_sizes(tmp_path, tiny_model_dir):
-    from edgedistill.student import load_tokenizer
-    from edgedistill.train import train
+    from edgedistill.train.student import load_tokenizer
+    from edgedistill.train.finetune import train
 
     tok = load_tokenizer(str(tiny_model_dir))
     recs = [{**r, "teacher_vocab_size": 151936} for r in _with_teacher_logprobs(tok, records(8))]
@@ -215,7 +215,7 @@ def test_kd_with_a_different_vocabulary_fails_naming_both_sizes(tmp_path, tiny_m
 def test_resume_after_kill_ends_with_the_same_steps(tmp_path, tiny_model_dir):
     """SIGKILL a real `edgedistill train` after its first checkpoint; the rerun resumes from it and
     ends with the same optimizer steps and the same adapter as an uninterrupted run."""
-    from edgedistill.train import train
+    from edgedistill.train.finetune import train
 
     steps = 24
     run = make_run(tmp_path / "killed", tiny_model_dir, max_steps=steps, save_steps=4, batch_size=2)

@@ -20,7 +20,8 @@ import sys
 from typing import Any, Callable
 
 from edgedistill import __version__
-from edgedistill.bench.measure import artifact_bytes, host_info, measure_bandwidth
+from edgedistill.bench.host import host_info, measure_bandwidth
+from edgedistill.bench.measure import artifact_bytes
 
 log = logging.getLogger(__name__)
 

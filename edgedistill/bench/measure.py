@@ -19,16 +19,15 @@ Timing of one artifact (``measure_artifact``), after ``warmup`` untimed runs, ov
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RUNTIME_NAMES = {"gguf": "llama.cpp", "onnx": "onnxruntime", "ortgenai": "onnxruntime-genai", "hf": "transformers"}
+from edgedistill.bench.energy import energy_meter
+from edgedistill.registry import runtime_name
+
 FILLER = ("The quick brown fox jumps over the lazy dog while the small robot counts every step "
           "it takes across the long bridge over the quiet river near the old town. ")
 
@@ -42,220 +41,6 @@ def percentiles(values: list[float], qs: tuple[int, ...] = (50, 90, 99)) -> dict
     out: dict[str, float | None] = {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in qs}
     out["mean"] = round(float(arr.mean()), 3)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the machine
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _l3_cache_mb() -> float | None:
-    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (idx / "level").read_text().strip() == "3":
-                size = (idx / "size").read_text().strip().upper()
-                mult = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(size[-1], 1 / (1024 * 1024))
-                return round(float(size.rstrip("KMG")) * mult, 2)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def host_info() -> dict[str, Any]:
-    """The machine the numbers come from, as it describes itself."""
-    import psutil
-
-    return {
-        "hostname": platform.node(), "arch": platform.machine(), "cpu": _cpu_model(),
-        "cores_logical": os.cpu_count(), "cores_physical": psutil.cpu_count(logical=False),
-        "ram_mb": round(psutil.virtual_memory().total / 2**20), "l3_cache_mb": _l3_cache_mb(),
-        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-    }
-
-
-def measure_bandwidth(threads: int = 1, size_mb: int | None = None, repeats: int = 5) -> dict[str, Any]:
-    """Memory bandwidth by numpy copy (bytes read + bytes written per second), best of
-    ``repeats``, over buffers several times the L3 cache so DRAM is what is measured.
-
-    ``threads`` copy disjoint slices at once (numpy lets go of the GIL while it copies): measure
-    with the threads the decode uses, since one core alone does not saturate the memory bus."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-    import psutil
-
-    l3 = _l3_cache_mb() or 32.0
-    if size_mb is None:
-        size_mb = int(max(256, 2 * l3))
-        size_mb = int(min(size_mb, psutil.virtual_memory().available / 2**20 / 6))
-    threads = max(1, threads)
-    n = size_mb * 2**20 // 8
-    src = np.ones(n, dtype=np.float64)
-    dst = np.empty_like(src)
-    cuts = np.linspace(0, n, threads + 1, dtype=np.int64)
-    pieces = [(dst[a:b], src[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for i in range(repeats + 1):  # the first pass faults the pages in, untimed
-            t0 = time.perf_counter()
-            list(pool.map(lambda p: np.copyto(*p), pieces))
-            if i:
-                best = min(best, time.perf_counter() - t0)
-    gbs = 2 * src.nbytes / best / 1e9
-    return {"copy_gbs": round(gbs, 2), "buffer_mb": size_mb, "repeats": repeats, "l3_cache_mb": l3,
-            "threads": threads,
-            "method": f"numpy copyto on {threads} thread(s), (read + write bytes) / best time"}
-
-
-# ---------------------------------------------------------------------------------------------
-# energy
-
-
-class RaplMeter:
-    """RAPL package energy (/sys/class/powercap/intel-rapl:N/energy_uj), wrap-around handled."""
-
-    note = "RAPL package energy (whole socket, other processes included)"
-
-    def __init__(self, root: Path = Path("/sys/class/powercap")) -> None:
-        self.zones: list[tuple[Path, int]] = []
-        self.reason: str | None = None
-        self._start: list[int] = []
-        if not root.is_dir():
-            self.reason = f"no {root} on this machine (no RAPL sensor exposed)"
-            return
-        for zone in sorted(root.glob("intel-rapl:*")):
-            if zone.name.count(":") != 1:
-                continue  # sub-zones (core, uncore) are inside the package figure
-            try:
-                rng = int((zone / "max_energy_range_uj").read_text())
-                int((zone / "energy_uj").read_text())
-                self.zones.append((zone / "energy_uj", rng))
-            except (OSError, ValueError) as e:
-                self.reason = f"RAPL present but not readable ({e}); run as root or chmod energy_uj"
-        if not self.zones and self.reason is None:
-            self.reason = "no RAPL package zone under /sys/class/powercap"
-
-    @property
-    def available(self) -> bool:
-        return bool(self.zones)
-
-    def _read(self) -> list[int]:
-        return [int(p.read_text()) for p, _ in self.zones]
-
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> float:
-        total = 0
-        for (_, rng), a, b in zip(self.zones, self._start, self._read()):
-            total += b - a if b >= a else b + rng - a
-        return total / 1e6
-
-
-# The rail that carries the whole module's input power, by Jetson generation (Orin, Xavier: VDD_IN;
-# Nano, TX2: POM_5V_IN; AGX Thor/others: VIN_SYS_5V0). Without one, every rail reported is summed.
-_INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN_SYS_5V0")
-_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?")
-
-
-def tegrastats_power_mw(line: str) -> tuple[float, str] | None:
-    """(instantaneous power in mW, what was read) from one tegrastats line; None without rails."""
-    rails = {name: float(now) for name, now, _avg in _RAIL.findall(line)
-             if not name.startswith(("RAM", "SWAP", "IRAM", "LFB", "EMC", "GR3D", "APE", "MTS"))}
-    for name in _INPUT_RAILS:
-        if name in rails:
-            return rails[name], name
-    if rails:
-        return sum(rails.values()), "+".join(sorted(rails))
-    return None
-
-
-class TegrastatsMeter:
-    """Jetson board power from ``tegrastats`` (its INA3221 rails), sampled every ``interval_ms``
-    while the timed runs go, integrated over time (trapezoids between samples)."""
-
-    def __init__(self, exe: str | None = None, interval_ms: int = 100) -> None:
-        import shutil
-
-        self.exe = exe or shutil.which("tegrastats")
-        self.interval_ms = interval_ms
-        self.reason = None if self.exe else "no tegrastats on PATH (not a Jetson)"
-        self.note = "tegrastats"
-        self._proc: Any = None
-        self._samples: list[tuple[float, float]] = []
-        self._thread: Any = None
-
-    @property
-    def available(self) -> bool:
-        return self.exe is not None
-
-    def _reader(self) -> None:
-        for line in self._proc.stdout:
-            got = tegrastats_power_mw(line)
-            if got is not None:
-                self._samples.append((time.monotonic(), got[0]))
-                self.note = (f"tegrastats {got[1]} (board power, other processes included), "
-                             f"sampled every {self.interval_ms} ms")
-
-    def start(self) -> None:
-        import subprocess
-        import threading
-
-        self._samples = []
-        self._proc = subprocess.Popen([self.exe, "--interval", str(self.interval_ms)], text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self._thread = threading.Thread(target=self._reader, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10 * self.interval_ms / 1e3 + 2
-        while not self._samples and time.monotonic() < deadline and self._proc.poll() is None:
-            time.sleep(self.interval_ms / 4e3)  # the timed runs start once power is being read
-        self._t0 = time.monotonic()
-
-    def stop(self) -> float | None:
-        t1 = time.monotonic()
-        time.sleep(self.interval_ms / 1e3 * 1.5)  # one more sample past the end
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except Exception:  # noqa: BLE001 - a stuck tegrastats must not sink the bench
-            self._proc.kill()
-        self._thread.join(timeout=2)
-        pts = self._samples
-        if len(pts) < 2:
-            self.reason = f"tegrastats gave {len(pts)} power samples; need 2"
-            return None
-        joules = 0.0
-        for (ta, pa), (tb, pb) in zip(pts, pts[1:]):
-            lo, hi = max(ta, self._t0), min(tb, t1)
-            if hi > lo:  # the part of this interval inside the timed window
-                joules += (pa + pb) / 2 / 1e3 * (hi - lo)
-        return joules
-
-
-def energy_meter() -> RaplMeter | TegrastatsMeter | None:
-    """RAPL where the kernel exposes it, else tegrastats where it exists; None (with the
-    reasons, as ``energy_meter.reason``) otherwise."""
-    rapl = RaplMeter()
-    if rapl.available:
-        return rapl
-    tegra = TegrastatsMeter()
-    if tegra.available:
-        return tegra
-    energy_meter.reason = f"{rapl.reason}; {tegra.reason}"  # type: ignore[attr-defined]
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# one artifact
 
 
 def runtime_version(kind: str) -> dict[str, Any]:
@@ -342,7 +127,7 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     per_token_ms = sorted(1e3 / r for r in rates)
     ms = percentiles(per_token_ms)
     return {
-        "kind": kind, "runtime": RUNTIME_NAMES[kind], "runtime_version": runtime_version(kind),
+        "kind": kind, "runtime": runtime_name(kind), "runtime_version": runtime_version(kind),
         "threads": spec.get("threads"), "providers": spec.get("providers") or [],
         "gpu_layers": spec.get("gpu_layers", 0),
         "prompt_tokens": len(prompt), "generate_tokens": n_gen, "tokens_per_run": produced // max(1, spec["repetitions"]),

@@ -23,17 +23,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edgedistill.config import Target, load_target
+from edgedistill.artifacts import list_artifacts
+from edgedistill.hardware import Target, load_target
 from edgedistill.errors import ArtifactError, StageMissing
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
-
-
-def list_artifacts(run: Run) -> list[dict[str, Any]]:
-    from edgedistill.formats import list_artifacts as listed
-
-    return listed(run)
 
 
 def runnable(target: Target, artifacts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -80,7 +75,7 @@ def annotate(result: dict[str, Any], entry: dict[str, Any], target: Target, remo
     return out
 
 
-def _spec(target: Target, arts: list[dict[str, Any]]) -> dict[str, Any]:
+def device_spec(target: Target, arts: list[dict[str, Any]]) -> dict[str, Any]:
     settings = target.settings.model_dump(mode="json")
     return {"target": target.name, "settings": settings, "artifacts": [
         {**{k: a[k] for k in ("id", "format", "precision", "bytes", "providers", "gpu_layers")},
@@ -112,7 +107,7 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
     stage = run.begin(name, inputs=inputs, force=force)
     if stage is None:
         return
-    spec = _spec(tgt, picked)
+    spec = device_spec(tgt, picked)
     with stage:
         if host:
             from edgedistill.bench.remote import run_remote

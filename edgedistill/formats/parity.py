@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,25 @@ def judge(artifact_id: str, parity: dict[str, Any], tolerance: float | None) -> 
                    f"{[m for m in parity['divergence_margins'] if m is not None]}, within 2 x max|Δlogit|)"]
     for p in numeric:
         log.warning("%s: %s", artifact_id, p)
+
+
+class Checker:
+    """The HF reference, computed once per command and only when some artifact is (re)built."""
+
+    def __init__(self, run: Any):
+        self.run, self.recipe, self._refs = run, run.recipe, None
+
+    def check(self, artifact_id: str, kind: str, path: Path, exact: bool) -> dict[str, Any]:
+        """Parity of one artifact; ``exact``: a full-precision one, held to the merged model
+        within its precision's logit tolerance (LOGIT_TOLERANCE)."""
+        exp = self.recipe.export
+        if self._refs is None:
+            prompts = prompts_for(self.run, exp.parity_prompts)
+            self._refs = cached_reference(self.run.merged_dir, prompts, exp.parity_max_new_tokens,
+                                          self.run.export_dir / ".parity-reference")
+        t0 = time.perf_counter()
+        result = compare(kind, path, self._refs, exp.parity_max_new_tokens)
+        precision = artifact_id.rsplit("-", 1)[-1]
+        judge(artifact_id, result, LOGIT_TOLERANCE[precision] if exact else None)
+        result["seconds"] = round(time.perf_counter() - t0, 2)  # comparing, not the reference
+        return result

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from edgedistill.errors import ConfigError
 
 BACKENDS: dict[str, str] = {
-    "openai": "edgedistill.teacher.openai_backend",
-    "gguf": "edgedistill.teacher.gguf_backend",
-    "hf": "edgedistill.teacher.hf_backend",
+    "openai": "edgedistill.teacher.backends.openai",
+    "gguf": "edgedistill.teacher.backends.gguf",
+    "hf": "edgedistill.teacher.backends.hf",
 }
 
 
@@ -78,7 +78,7 @@ def _entry(e: dict[str, Any]) -> dict[str, Any]:
 
 def compact_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per generated token, in the OpenAI shape (``choices[0].logprobs.content``) that training
-    reads (edgedistill.kd): ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}``,
+    reads (edgedistill.train.kd): ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}``,
     compacted: logprobs rounded to 4 decimals, ``bytes`` kept only where the token string cannot
     spell them, ``token_id`` where the backend knows it, nulls dropped."""
     return [{**_entry(e), "top_logprobs": [_entry(c) for c in e.get("top_logprobs") or []]}

@@ -14,10 +14,7 @@ never asked again, and a changed prompt or parameter is a new key.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
-import os
 import re
 import time
 from collections import Counter
@@ -25,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgedistill import tasks
+from edgedistill.evaluate import tasks
 from edgedistill.config import Recipe, TeacherConfig
-from edgedistill.data import append_jsonl, content_id, iter_jsonl, load_prompts, messages_of, write_jsonl
-from edgedistill.errors import ConfigError, DataError, EndpointError, GateFailed
+from edgedistill.data import append_jsonl, content_id, load_prompts, messages_of, write_jsonl
+from edgedistill.errors import ConfigError, EndpointError, GateFailed
 from edgedistill.rundir import Run
 from edgedistill.teacher import Answer, Request, backend_module
+from edgedistill.teacher.resume_log import open_log, read_log
 from edgedistill.teacher.dedup import dedupe, prompt_text, split_ids
 
 log = logging.getLogger(__name__)
@@ -69,62 +67,6 @@ def validate(task: str, cfg: TeacherConfig, rec: dict[str, Any], prompt: dict[st
     if is_refusal(text):
         return "refusal"
     return tasks.check_answer(task, text, prompt, rec.get("messages"))
-
-
-def read_log(path: Path) -> dict[str, dict[str, Any]]:
-    """key → record from the resume log (first answer per key; a torn last line is skipped)."""
-    out: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for _, rec in iter_jsonl(path, tolerate_torn_tail=True):
-            out.setdefault(rec["key"], rec)
-    return out
-
-
-def repair_tail(raw: Any) -> None:
-    """Make a log killed mid-write end on a line boundary: a last line that is a whole JSON
-    object gets its newline; a torn one is cut off (its answer is asked again)."""
-    size = raw.seek(0, os.SEEK_END)
-    pos = size
-    while pos > 0:
-        step = min(1 << 16, pos)
-        raw.seek(pos - step)
-        chunk = raw.read(step)
-        if pos == size and chunk.endswith(b"\n"):
-            return
-        cut = chunk.rfind(b"\n")
-        if cut >= 0 or pos == step:
-            start = pos - step + cut + 1
-            raw.seek(start)
-            last = raw.read()
-            try:
-                whole = isinstance(json.loads(last), dict)
-            except ValueError:
-                whole = False
-            if whole:
-                raw.seek(0, os.SEEK_END)
-                raw.write(b"\n")
-            else:
-                log.warning("cut a torn last line (%d bytes) from the resume log", len(last))
-                raw.truncate(start)
-            raw.flush()
-            return
-        pos -= step
-
-
-@contextlib.contextmanager
-def open_log(path: Path) -> Iterator[Any]:
-    """The resume log opened for appending, locked against a second ``generate`` on the same run,
-    its tail repaired after a kill."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab+") as raw:
-        try:
-            fcntl.flock(raw, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"Another `edgedistill generate` is writing {path}.",
-                            hint="Wait for it to finish (or stop it); then run the command again.") from None
-        repair_tail(raw)
-        with open(raw.fileno(), "a", encoding="utf-8", closefd=False) as f:
-            yield f
 
 
 class Session:

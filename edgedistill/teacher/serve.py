@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -47,14 +46,11 @@ def wait_ready(base_url: str, proc: subprocess.Popen | None = None, timeout_s: f
 
 def server_command(model_path: Path, port: int, alias: str, n_ctx: int,
                    threads: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-           "--port", str(port), "--model_alias", alias, "--n_ctx", str(n_ctx), "--verbose", "False"]
-    # llama_cpp.server defaults to half the cores; a teacher served for generate gets them all
-    threads = threads or os.cpu_count() or 1
-    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
-    # flash attention is llama.cpp's own default; llama_cpp.server turns it off (~15% decode here)
-    cmd += ["--flash_attn", "true"]
-    return cmd
+    from edgedistill.runtimes.llama_cpp import server_flags
+
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+            "--port", str(port), "--model_alias", alias, "--verbose", "False",
+            *server_flags(threads=threads, n_ctx=n_ctx)]
 
 
 @contextlib.contextmanager
@@ -64,7 +60,7 @@ def serve(model_ref: str, *, n_ctx: int = 2048, log_path: Path | None = None,
     on a free loopback port; yield its base URL; stop it afterwards."""
     import importlib.util
 
-    from edgedistill.teacher.gguf_backend import gguf_path
+    from edgedistill.teacher.backends.gguf import gguf_path
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise NotAvailable("teacher.serve needs llama-cpp-python[server], which is not installed.",

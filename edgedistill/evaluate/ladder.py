@@ -1,6 +1,6 @@
 """eval: the retention ladder on the eval split.
 
-Rungs, each scored with the task's metric (:mod:`edgedistill.metrics`) on the same examples:
+Rungs, each scored with the task's metric (:mod:`edgedistill.evaluate.metrics`) on the same examples:
 the teacher (its answers from ``generate``, never asked again), the student before distillation,
 the merged student, and every exported artifact run in its own runtime
 (:mod:`edgedistill.runtimes`). The reference of an example is its gold answer when the data has
@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedistill import metrics
+from edgedistill.evaluate import metrics
 from edgedistill.data import read_jsonl, write_jsonl
 from edgedistill.errors import DataError
+from edgedistill.artifacts import list_artifacts
+from edgedistill.registry import kind_of
 from edgedistill.rundir import Run, Stage, digest
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new
 def _rungs(run: Run) -> list[dict[str, Any]]:
     """What to score besides the teacher: base student, merged student, every artifact."""
     from edgedistill import models
-    from edgedistill.student import is_gguf, student_path
+    from edgedistill.train.student import is_gguf, student_path
 
     recipe = run.recipe
     ref = recipe.student.model
@@ -100,22 +102,11 @@ def _rungs(run: Run) -> list[dict[str, Any]]:
     else:
         log.warning("no merged student in %s (run `edgedistill merge %s`); the ladder skips it",
                     run.merged_dir, run.root)
-    for art in _artifacts(run):
-        from edgedistill.runtimes import kind_of
-
+    for art in list_artifacts(run):
         rungs.append({"name": art["id"], "kind": kind_of(art["format"]), "path": Path(art["path"]),
                       "model": run.rel(Path(art["path"])), "sha256": art.get("sha256"),
                       "artifact": True})
     return rungs
-
-
-def _artifacts(run: Run) -> list[dict[str, Any]]:
-    try:
-        from edgedistill.formats import list_artifacts
-    except ImportError:
-        log.warning("this edgedistill has no exporter (edgedistill.formats); no artifacts to score")
-        return []
-    return list_artifacts(run)
 
 
 def _rung_key(rung: dict[str, Any], settings: dict[str, Any]) -> str:

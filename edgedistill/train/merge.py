@@ -20,7 +20,7 @@ from typing import Any
 from edgedistill.data import messages_of, read_jsonl
 from edgedistill.errors import ArtifactError
 from edgedistill.rundir import Run
-from edgedistill.student import load_tokenizer, student_path
+from edgedistill.train.student import load_tokenizer, student_path
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """`edgedistill train RUN`: LoRA fine-tune of the student on the teacher's answers.
 
 transformers' Trainer with a peft LoRA adapter, on the student's own chat template, loss on the
-assistant's tokens only (edgedistill.collate), packed batches without cross-example attention,
+assistant's tokens only (edgedistill.train.collate), packed batches without cross-example attention,
 eval loss on the eval split, checkpoints in RUN/student/checkpoints/ that a killed run resumes
-from, optional logit distillation from the teacher's top-k logprobs (edgedistill.kd).
+from, optional logit distillation from the teacher's top-k logprobs (edgedistill.train.kd).
 
 The same function runs as N data-parallel processes:
 
@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedistill.collate import Collator, count_tokens, encode_example
+from edgedistill.train.collate import Collator, count_tokens, encode_example
 from edgedistill.data import read_jsonl
 from edgedistill.errors import DataError
 from edgedistill.rundir import Run, digest
-from edgedistill.student import load_tokenizer, student_path
+from edgedistill.train.student import load_tokenizer, student_path
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
-    from edgedistill.trainer import DistilTrainer, TrainLog
+    from edgedistill.train.trainer import DistilTrainer, TrainLog
 
     recipe = run.recipe
     cfg = recipe.train
@@ -186,7 +186,7 @@ def _encode(tok, path: Path, max_length: int) -> tuple[list[dict[str, Any]], int
 
 def _attach_kd(run: Run, tok, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Teacher top-k per response token onto each example; checks the vocabularies match."""
-    from edgedistill.kd import check_vocab, teacher_topk, teacher_vocab_size, token_bytes_table
+    from edgedistill.train.kd import check_vocab, teacher_topk, teacher_vocab_size, token_bytes_table
 
     kd_cfg = run.recipe.train.kd
     with_lp = [e for e in examples if e["record"].get("logprobs")]

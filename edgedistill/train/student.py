@@ -25,7 +25,7 @@ from typing import Any
 
 from edgedistill import models
 from edgedistill.errors import ConfigError
-from edgedistill.rundir import Run, _remove
+from edgedistill.rundir import Run, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     log.info("importing %s into %s (dequantizing; ~30 s for 135M parameters on 2 cores)", gguf.name, out)
     t0 = time.time()
     tmp = out.with_name(f".{out.name}.partial")
-    _remove(tmp)
+    remove_path(tmp)
     tmp.mkdir(parents=True)
     # every from_pretrained(gguf_file=) parses the whole file (~6 s with a 49k vocabulary): the
     # config is read once and handed to the tokenizer and the model
@@ -114,7 +114,7 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     (tmp / IMPORT_RECORD).write_text(json.dumps(
         {"source": source, "sha256": models.sha256_of(gguf), "seconds": round(time.time() - t0, 1)},
         indent=2))
-    _remove(out)
+    remove_path(out)
     tmp.rename(out)
     log.info("imported %s in %.1f s", gguf.name, time.time() - t0)
     return out

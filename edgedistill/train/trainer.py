@@ -12,9 +12,9 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from edgedistill.collate import IGNORE
+from edgedistill.train.collate import IGNORE
 from edgedistill.data import append_jsonl
-from edgedistill.kd import topk_kl
+from edgedistill.train.kd import topk_kl
 
 
 def labelled_tail(labels: Any) -> int | None:

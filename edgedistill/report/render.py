@@ -180,7 +180,7 @@ def _where(data: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    from edgedistill.report import describe
+    from edgedistill.report.gates import describe
 
     ref = data.get("reference") or "n/a"
     parts = [
@@ -260,7 +260,7 @@ th{background:#f3f3f3}img{max-width:100%}.ok{color:#17813a}.bad{color:#b3261e}""
 
 
 def render_html(data: dict[str, Any]) -> str:
-    from edgedistill.report import describe
+    from edgedistill.report.gates import describe
 
     e = html.escape
     plots = [(tradeoff_plot(data), "Size and decode speed against retention"),

@@ -24,6 +24,8 @@ from typing import Any
 
 from edgedistill import __version__
 from edgedistill.errors import GateFailed
+from edgedistill.artifacts import list_artifacts
+from edgedistill.report.gates import describe, judge, unchecked_budgets
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
@@ -32,38 +34,6 @@ BENCH_FIELDS = ("runtime", "threads", "ttft_ms", "decode_tokens_per_s", "token_l
                 "load_s", "roofline_fraction", "bandwidth_gbs", "energy_per_token_j", "on_target",
                 "predicted_decode_tokens_per_s", "predicted_basis", "note", "error", "ssh_host",
                 "runtime_version", "thread_sweep", "budgets")
-# gate -> (bench field, percentile or None, "max" | "min")
-BENCH_GATES = {
-    "max_peak_rss_mb": ("peak_rss_mb", None, "max"),
-    "min_decode_tokens_per_s": ("decode_tokens_per_s", "p50", "min"),
-    "max_ttft_ms": ("ttft_ms", "p50", "max"),
-}
-
-
-def list_artifacts(run: Run) -> list[dict[str, Any]] | None:
-    """The exporter's list of the run's artifacts; None when this install has no exporter."""
-    try:
-        from edgedistill.formats import list_artifacts as listed
-    except ImportError:
-        return None
-    return listed(run)
-
-
-def _artifacts(run: Run, summary: dict[str, Any] | None, bench: dict[str, dict]) -> list[dict[str, Any]]:
-    """The run's artifacts (from the exporter), else whatever eval and bench saw."""
-    listed = list_artifacts(run)
-    if listed is not None:
-        return listed
-    seen: dict[str, dict[str, Any]] = {}
-    for rid, rung in ((summary or {}).get("rungs") or {}).items():
-        if rung.get("artifact"):
-            fmt, _, prec = rid.partition("-")
-            seen[rid] = {"id": rid, "format": fmt, "precision": prec, "path": rung["model"]}
-    for records in bench.values():
-        for rid, rec in records.items():
-            seen.setdefault(rid, {"id": rid, "format": rec.get("format"), "precision": rec.get("precision"),
-                                  "path": rec.get("path"), "bytes": rec.get("bytes")})
-    return list(seen.values())
 
 
 def _bench_view(rec: dict[str, Any]) -> dict[str, Any]:
@@ -73,56 +43,11 @@ def _bench_view(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def judge(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any]]:
-    """The failed gates of one artifact (empty: it passes every gate that is set): the recipe's
-    gates, and each target's budgets where the artifact was benched on that target itself."""
-    failed = []
-    limit = gates.get("min_retention")
-    if limit is not None:
-        value = artifact.get("retention")
-        if value is None or value < limit:
-            failed.append({"artifact": artifact["id"], "gate": "min_retention", "value": value, "limit": limit,
-                           **({"reason": "not evaluated (run `edgedistill eval`)"} if value is None else {})})
-    benches = artifact.get("bench") or {}
-    for gate, (field, pct, kind) in BENCH_GATES.items():
-        limit = gates.get(gate)
-        if limit is not None and not benches:
-            failed.append({"artifact": artifact["id"], "gate": gate, "value": None, "limit": limit,
-                           "reason": "not benched (run `edgedistill bench`)"})
-        for target, b in benches.items():
-            budget = (b.get("budgets") or {}).get(gate)
-            limits = [(lim, src) for lim, src in ((limit, "recipe"), (budget, "target budget"))
-                      if lim is not None and (src == "recipe" or b.get("on_target"))]
-            raw = b.get(field)
-            value = raw.get(pct) if isinstance(raw, dict) else raw
-            for lim, src in limits:
-                if value is None or (value > lim if kind == "max" else value < lim):
-                    failed.append({"artifact": artifact["id"], "gate": gate, "target": target, "value": value,
-                                   "limit": lim, "source": src,
-                                   **({"reason": b.get("error") or "not measured"} if value is None else {})})
-    return failed
-
-
-def unchecked_budgets(artifact: dict[str, Any]) -> list[dict[str, Any]]:
-    """Target budgets that were not applied because the bench ran on another machine: a host's
-    figures never pass or fail a device's budget."""
-    out = []
-    for target, b in (artifact.get("bench") or {}).items():
-        if b.get("on_target"):
-            continue
-        for gate, budget in (b.get("budgets") or {}).items():
-            if budget is not None:
-                out.append({"artifact": artifact["id"], "gate": gate, "target": target, "limit": budget,
-                            "reason": f"measured on {(b.get('measured_on') or {}).get('hostname')}, "
-                                      f"not on {target}"})
-    return out
-
-
 def build(run: Run) -> dict[str, Any]:
     """report.json's content, from the run's eval summary, bench records and artifacts."""
     from edgedistill.bench.run import load_bench
-    from edgedistill.evaluate import BASE, MERGED, TEACHER, load_summary
-    from edgedistill.metrics import primary_metric
+    from edgedistill.evaluate.ladder import BASE, MERGED, TEACHER, load_summary
+    from edgedistill.evaluate.metrics import primary_metric
 
     recipe = run.recipe
     summary = load_summary(run)
@@ -137,7 +62,7 @@ def build(run: Run) -> dict[str, Any]:
                 "retention": r.get("retention") if r else None, "file": r.get("file") if r else None}
 
     artifacts = []
-    for art in _artifacts(run, summary, bench):
+    for art in list_artifacts(run):
         r = rungs.get(art["id"])
         path = Path(art["path"]) if art.get("path") else None
         entry = {
@@ -204,25 +129,9 @@ def _seed_claims(run: Run) -> dict[str, Any] | None:
         return None
 
 
-def describe(f: dict[str, Any]) -> str:
-    if f.get("message"):
-        return f["message"]
-    where = f" on {f['target']}" if f.get("target") else ""
-    if f.get("source") == "target budget":
-        where += " (target budget)"
-    if f["value"] is None:
-        return f"{f['artifact']}: {f['gate']}{where}: no value ({f.get('reason', 'not measured')}), limit {f['limit']}"
-    op = "<" if f["gate"].startswith("min_") else ">"
-    return f"{f['artifact']}: {f['gate']}{where} = {_num(f['value'])} {op} limit {f['limit']}"
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def report(run: Run, *, force: bool = True, check: bool = False) -> None:
     """Write report.json, report.md and report.html; with ``check``, fail on a missed gate."""
-    from edgedistill.report_render import render_html, render_markdown
+    from edgedistill.report.render import render_html, render_markdown
 
     data = build(run)
     stage = run.begin("report", force=True)

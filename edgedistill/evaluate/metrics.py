@@ -7,8 +7,8 @@
 | nli, classification          | accuracy        | accuracy (label of the reply == gold label) |
 | summarization, conversation  | rouge_l         | rouge_l (rouge-score, F1), chrf (sacrebleu) |
 
-Answers are pulled out of replies with :func:`edgedistill.tasks.extract_answer` and compared after
-:func:`edgedistill.tasks.normalize_answer`. A corpus score is the mean of the per-example primary
+Answers are pulled out of replies with :func:`edgedistill.evaluate.tasks.extract_answer` and compared after
+:func:`edgedistill.evaluate.tasks.normalize_answer`. A corpus score is the mean of the per-example primary
 scores, so every number can be recomputed from RUN/eval/<artifact>.jsonl.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from edgedistill.tasks import canonical_number, extract_answer, last_number, normalize_answer
+from edgedistill.evaluate.tasks import canonical_number, extract_answer, last_number, normalize_answer
 
 PRIMARY = {
     "qa": "exact_match",

@@ -5,7 +5,6 @@ has one context; concurrency would only interleave). ``teacher.model`` is a GGUF
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -34,12 +33,10 @@ def load_llama(path: Path, cfg: TeacherConfig):
     except ImportError:
         raise NotAvailable("The gguf teacher needs llama-cpp-python, which is not installed.",
                            hint="Install it with scripts/install.sh (it compiles llama.cpp).") from None
-    # every core (Llama defaults to half) and flash attention (llama.cpp's own default; the
-    # Python binding turns it off), as the served teacher and the bench runtime do
-    threads = os.cpu_count() or 1
-    return Llama(model_path=str(path), n_ctx=cfg.n_ctx, seed=cfg.seed if cfg.seed is not None else 0,
-                 n_threads=threads, n_threads_batch=threads, flash_attn=True,
-                 logits_all=bool(cfg.logprobs), verbose=False)
+    from edgedistill.runtimes.llama_cpp import settings
+
+    return Llama(model_path=str(path), seed=cfg.seed if cfg.seed is not None else 0,
+                 logits_all=bool(cfg.logprobs), verbose=False, **settings(n_ctx=cfg.n_ctx))
 
 
 def answer_all(cfg: TeacherConfig, requests: list[Request], sink: Sink) -> None:

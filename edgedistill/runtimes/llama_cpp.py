@@ -1,0 +1,144 @@
+"""llama.cpp through llama-cpp-python: GGUF artifacts, decoded through its C API."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from edgedistill.errors import ArtifactError, NotAvailable
+from edgedistill.runtimes import Runtime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def settings(*, threads: int | None = None, n_ctx: int = 2048, gpu_layers: int = 0) -> dict:
+    """The llama.cpp settings every caller uses (the bench runtime, the in-process GGUF teacher,
+    the served teacher): every core (``Llama`` defaults to half) and flash attention (llama.cpp's
+    own default; the Python binding and ``llama_cpp.server`` turn it off, and decoding without it
+    measured ~15% slower here). Keys are ``Llama``'s keyword arguments."""
+    threads = threads or os.cpu_count() or 1
+    return {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads,
+            "n_gpu_layers": gpu_layers, "flash_attn": True}
+
+
+def server_flags(**kw) -> list[str]:
+    """:func:`settings` as ``python -m llama_cpp.server`` flags."""
+    s = settings(**kw)
+    out = []
+    for key in ("n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers"):
+        out += [f"--{key}", str(s[key])]
+    return out + ["--flash_attn", "true" if s["flash_attn"] else "false"]
+
+
+class LlamaCppRuntime(Runtime):
+    kind = "gguf"
+
+    def __init__(self, path: Path, threads: int | None = None, gpu_layers: int = 0,
+                 n_ctx: int = 2048):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise NotAvailable("llama-cpp-python is not installed; GGUF artifacts need it.",
+                               hint="Install it with `pip install llama-cpp-python`.") from None
+        self._llama_cpp = llama_cpp
+        self.path = path
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(path), logits_all=False, verbose=False,
+                                       **settings(threads=threads, n_ctx=n_ctx, gpu_layers=gpu_layers))
+        except ValueError as e:  # llama-cpp-python raises ValueError when llama.cpp refuses a file
+            raise ArtifactError(f"llama.cpp cannot load {path}: {e}.",
+                                hint="The file is corrupt or truncated; re-export it.") from None
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_vocab = self.llm.n_vocab()
+        self._eog: list[int] | None = None
+        self._ctx = self.llm._ctx.ctx
+        self._one = (llama_cpp.llama_token * 1)()  # the decode loop's one-token batch, reused
+
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ArtifactError(f"{self.path} has no tokenizer.chat_template in its metadata.")
+        m = self.llm._model
+        text = Jinja2ChatFormatter(template, eos_token=m.token_get_text(m.token_eos()),
+                                   bos_token=m.token_get_text(m.token_bos()),
+                                   add_generation_prompt=True)(messages=messages).prompt
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=m.add_bos_token(), special=True)
+
+    def _last_logits(self) -> "np.ndarray":
+        import numpy as np
+
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # Decoding goes straight to llama.cpp's C API (llama_decode on a one-sequence batch), as
+    # llama.cpp's own examples do: the Python wrapper's eval() costs several percent of decode
+    # speed on a small model (scripts/bench_overhead.py measures what is left).
+
+    def _reset(self) -> None:
+        lc = self._llama_cpp
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+
+    def _decode(self, ids: list[int]) -> None:
+        lc = self._llama_cpp
+        step = self.llm.n_batch
+        for i in range(0, len(ids), step):
+            chunk = ids[i:i + step]
+            if len(chunk) == 1:
+                self._one[0] = chunk[0]
+                tokens = self._one
+            else:  # held in a local: the batch keeps only a raw pointer to it
+                tokens = (lc.llama_token * len(chunk))(*chunk)
+            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(tokens, len(chunk)))
+            if rc != 0:
+                raise ArtifactError(f"llama.cpp could not decode with {self.path.name} (llama_decode "
+                                    f"returned {rc}; context {self.llm.n_ctx()} tokens).",
+                                    hint="A prompt plus answer longer than the context does this; "
+                                         "shorten it or raise the context.")
+
+    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int, *,
+                   ignore_eos: bool = False) -> Iterator[int]:
+        import numpy as np
+
+        self._reset()
+        self._decode(prompt_ids)
+        for i in range(max_new_tokens):
+            logits = self._last_logits()
+            if ignore_eos:
+                logits = logits.copy()
+                logits[self._stop_ids()] = -np.inf
+            tok = int(np.argmax(logits))
+            yield tok
+            if (self.is_stop(tok) and not ignore_eos) or i == max_new_tokens - 1:
+                return
+            self._decode([tok])
+
+    def is_stop(self, token_id: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
+
+    def _stop_ids(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self.is_stop(t)]
+        return self._eog
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def logits(self, ids: list[int]) -> "np.ndarray":
+        import numpy as np
+
+        self._reset()
+        rows = []
+        for tok in ids:  # one decode per token: the context keeps only the last row of logits
+            self._decode([tok])
+            rows.append(self._last_logits().copy())
+        return np.stack(rows).astype(np.float32)
+
+    def close(self) -> None:
+        self.llm.close()

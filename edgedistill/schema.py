@@ -1,0 +1,127 @@
+"""Typed YAML: strict pydantic models (an unknown key fails with the valid ones listed, a wrong type
+names the key), YAML read with line and column on a syntax error, and ``--set a.b=c`` overrides
+type-checked against the model. Recipes (config.py) and targets (hardware.py) are built on it."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgedistill.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read {path}: {e.strerror}.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path} is not valid YAML ({where}): {e.problem}.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}.") from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The valid keys of the (sub)model reached by ``loc``, or None when loc leaves the models."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] / Union[...], else the annotation itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"{source} does not validate:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1]) or []
+            parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+            lines.append(f"  unknown key '{dotted}'; valid keys under {parent}: {', '.join(valid)}")
+        elif e["type"] == "missing":
+            lines.append(f"  missing key '{dotted}'")
+        else:
+            shown = e.get("input")
+            shown = repr(shown) if not isinstance(shown, (dict, list)) else type(shown).__name__
+            lines.append(f"  {dotted}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], data: Any, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a YAML mapping of keys, got {type(data).__name__}.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, source)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set train.max_steps=50).")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides to a raw recipe dict; unknown keys fail with the valid ones."""
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for item in overrides:
+        path, value = parse_override(item)
+        valid = _fields_at(model, tuple(path[:-1]))
+        if valid is None or path[-1] not in valid:
+            parent = ".".join(path[:-1]) or "the top level"
+            known = ", ".join(valid) if valid else "(none: not a section)"
+            raise ConfigError(
+                f"--set {item}: unknown key '{'.'.join(path)}'; valid keys under {parent}: {known}."
+            )
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def bundled(kind: Literal["profiles", "targets"]) -> Path:
+    return Path(str(resources.files("edgedistill") / kind))
