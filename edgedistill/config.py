@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal, Union
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgedistill.errors import ConfigError
 from edgedistill.registry import FORMAT_NAMES, TASKS
@@ -47,6 +48,37 @@ class TeacherConfig(Strict):
     batch_size: int = Field(8, ge=1)  # hf backend
     n_ctx: int = Field(2048, ge=128)  # gguf backend
     trust_remote_code: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: Union[str, list[str], None]) -> Union[str, list[str], None]:
+        from pydantic_core import PydanticCustomError
+
+        for url in [v] if isinstance(v, str) else v or []:
+            found = credentials_in(url)
+            if found:  # a custom type: schema.py never echoes this input back
+                raise PydanticCustomError("secret_in_url", (
+                    f"carries {found}, which would be stored in RUN/config.yaml; keep the key in an "
+                    "environment variable and give that variable's NAME as teacher.api_key_env "
+                    "(e.g. api_key_env: OPENAI_API_KEY)"))
+        return v
+
+
+SECRET_PARAMS = ("key", "token", "secret", "password", "passwd", "signature")
+
+
+def credentials_in(url: str) -> str | None:
+    """What kind of credential ``url`` carries (a user and password, a key in its query), if any."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return "a user name and password (USER:PASSWORD@)"
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        flat = name.lower().replace("-", "").replace("_", "")
+        if flat in ("sig", "auth", "code") or any(s in flat for s in SECRET_PARAMS):
+            return f"a credential in its query string ({name}=...)"
+    return None
 
 
 class StudentConfig(Strict):
@@ -88,9 +120,29 @@ class TrainConfig(Strict):
 
 class QuantizeConfig(Strict):
     onnx: list[Literal["int8", "int4"]] = ["int8", "int4"]
+    # any type llama.cpp names; the low-bit ones (q3_k_s, q2_k, iq4_xs) want an importance matrix,
+    # and iq2_xxs/iq2_xs/iq1_s/q2_k_s need one (calibration: task or text:FILE)
     gguf: list[str] = ["q8_0", "q4_k_m"]
     ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
-    int4_block_size: int = Field(32, ge=16)
+    int4_block_size: int = Field(32, ge=16)  # must divide the hidden size (576: 32 or 64)
+    # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one forward over it
+    # per MatMul input, ~4 per layer); rtn and k_quant need none (k_quant: better, ~4x slower)
+    algo: Literal["rtn", "k_quant", "gptq"] = "gptq"
+    # none | task (the run's train split: prompts + teacher answers) | text:FILE (generic text,
+    # .txt or .jsonl). A calibrated artifact is kept only when its KL divergence from the merged
+    # student at the eval answers is below the uncalibrated one's; both are recorded.
+    calibration: str = "task"
+    calibration_samples: int = Field(256, ge=1)  # importance matrix: one forward per sample
+    gptq_max_tokens: int = Field(512, ge=16)  # GPTQ's cost is ~4 x layers forwards over these
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_source(cls, v: str) -> str:
+        if v in ("none", "task"):
+            return v
+        if v.startswith("text:") and v[5:].strip():
+            return "text:" + str(Path(v[5:].strip()).expanduser().resolve())
+        raise ValueError("must be none, task or text:FILE")
 
 
 class ExportConfig(Strict):
@@ -108,10 +160,14 @@ class EvalConfig(Strict):
 
 
 class GatesConfig(Strict):
-    min_retention: Union[float, None] = Field(0.9, ge=0.0)
+    min_retention: Union[float, None] = Field(0.9, ge=0.0)  # judged on its 95% bootstrap interval
     max_peak_rss_mb: Union[float, None] = Field(None, gt=0)
     min_decode_tokens_per_s: Union[float, None] = Field(None, gt=0)
     max_ttft_ms: Union[float, None] = Field(None, gt=0)
+    max_kld: Union[float, None] = Field(None, ge=0)  # quantized artifacts' KL divergence from merged
+    min_eval_n: Union[int, None] = Field(None, ge=1)  # fewer eval examples: refuse to judge (fail)
+    # a gate whose limit lies inside the interval: fail is safe; pass ships what might miss it
+    on_indeterminate: Literal["fail", "pass"] = "fail"
 
 
 class Recipe(Strict):
@@ -185,7 +241,9 @@ def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
         raise ConfigError(f"{path} must be a YAML mapping of recipe keys.")
     raw = _resolve_paths(raw, path.resolve().parent)
     raw = apply_overrides(Recipe, raw, list(overrides))
-    source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    shown = [o.partition("=")[0] + "=<credential hidden>" if credentials_in(o.partition("=")[2]) else o
+             for o in overrides]
+    source = str(path) + (f" with --set {' '.join(shown)}" if overrides else "")
     return validate(Recipe, raw, source)
 
 
@@ -196,7 +254,7 @@ def load_recipe_dict(raw: dict, overrides: list[str] = (), source: str = "recipe
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
     text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # this process's own
     tmp.write_text(text)
     tmp.replace(path)
 

@@ -45,7 +45,7 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
     """Write records to ``path`` atomically (temp file, fsync, rename); returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # this process's own
     n = 0
     with tmp.open("w") as f:
         for rec in records:

@@ -1,7 +1,14 @@
 """The exceptions users see. The CLI prints them without a traceback (unless -v) and exits
-with their ``exit_code``; anything else escaping a command is a bug."""
+with their ``exit_code``: 1 a gate failed, 2 bad input (anything the user can fix), 3 an internal
+error. Anything else escaping a command is a bug: the CLI writes its traceback to a log and exits 3
+(see :mod:`edgedistill.crashlog`)."""
 
 from __future__ import annotations
+
+import errno
+
+# OSErrors the user fixes (a full disk, a read-only or forbidden folder): bad input, exit 2
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class EdgeDistillError(Exception):
@@ -46,3 +53,20 @@ class GateFailed(EdgeDistillError):
     """One or more artifacts missed the recipe's gates, or too few answers were accepted."""
 
     exit_code = 1
+
+
+class RunBusy(EdgeDistillError):
+    """Another edgedistill command holds the run directory's lock (RUN/.lock)."""
+
+
+class InternalError(EdgeDistillError):
+    """A bug: an exception no stage expected (an exporter crashing, say). ``log`` is the file that
+    holds the traceback; the CLI prints one line naming it and exits 3."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, log: object = None, stage: str | None = None,
+                 hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.log = log
+        self.stage = stage

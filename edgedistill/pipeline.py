@@ -2,18 +2,58 @@
 
 Each stage is ``fn(run: Run, *, force: bool = False, **options) -> None`` in its own module,
 imported only when the stage runs (:func:`edgedistill.registry.stage_fn`), so
-``edgedistill --help`` stays light.
+``edgedistill --help`` stays light. Each stage runs under :func:`edgedistill.crashlog.stage`, so
+an internal error names the stage it came from.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable
 
+from edgedistill import crashlog
+from edgedistill.config import Recipe
+from edgedistill.errors import ConfigError, NotAvailable
 from edgedistill.registry import STAGE_NAMES, stage_fn
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
+
+
+def stages_until(until: str | None) -> tuple[str, ...]:
+    return STAGE_NAMES[:STAGE_NAMES.index(until) + 1] if until else STAGE_NAMES
+
+
+def check_gguf_quant_types(names: list[str]) -> None:
+    """export.quantize.gguf against the types the installed llama.cpp names (imports llama_cpp)."""
+    try:
+        from edgedistill.formats.gguf import quant_types
+
+        known = quant_types()
+    except ImportError:
+        raise NotAvailable(f"export.quantize.gguf asks for {', '.join(names)}, but llama-cpp-python "
+                           "is not installed to make them.",
+                           hint="Install it with scripts/install.sh, or drop gguf from export.formats "
+                                "(--set export.quantize.gguf=[]).") from None
+    unknown = [n for n in names if n.lower() not in known]
+    if unknown:
+        raise ConfigError(f"Unknown GGUF quantization type(s) in export.quantize.gguf: "
+                          f"{', '.join(repr(n) for n in unknown)}.",
+                          hint=f"llama.cpp names: {', '.join(sorted(known))}.")
+
+
+def check_names(recipe: Recipe, stages: Iterable[str]) -> None:
+    """The names a recipe gives that only something else defines -- target files, llama.cpp's
+    quantization types -- for the stages about to run, checked before any path is made."""
+    stages = set(stages)
+    if "bench" in stages:
+        from edgedistill.hardware import load_target
+
+        for target in recipe.targets:
+            load_target(target)
+    exp = recipe.export
+    if "quantize" in stages and "gguf" in exp.formats and exp.quantize.gguf:
+        check_gguf_quant_types(exp.quantize.gguf)
 
 
 def run_pipeline(run: Run, *, force: set[str] = frozenset(), until: str | None = None,
@@ -24,11 +64,14 @@ def run_pipeline(run: Run, *, force: set[str] = frozenset(), until: str | None =
         opts = options.get(stage, {})
         if stage == "bench" and "target" not in opts:  # every target the recipe names
             for target in run.recipe.targets:
-                stage_fn(stage)(run, force=stage in force, target=target, **opts)
+                with crashlog.stage(f"bench:{target}"):
+                    stage_fn(stage)(run, force=stage in force, target=target, **opts)
         elif stage == "report":  # always rewritten; a failed gate ends `run` with exit 1
-            stage_fn(stage)(run, force=True, **{"check": True, **opts})
+            with crashlog.stage(stage):
+                stage_fn(stage)(run, force=True, **{"check": True, **opts})
         else:
-            stage_fn(stage)(run, force=stage in force, **opts)
+            with crashlog.stage(stage):
+                stage_fn(stage)(run, force=stage in force, **opts)
         if stage == until:
             log.info("stopped after %s (--until)", stage)
             return

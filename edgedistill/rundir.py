@@ -4,12 +4,17 @@ A stage writes into temporary paths and renames them into place when it succeeds
 entry is written last. A stage that was killed leaves its entry as ``running`` (or none), and
 ``require`` refuses to hand its outputs to a later stage. A stage whose config hash and inputs
 are unchanged is skipped unless forced.
+
+Temporary paths carry the writing process's id (``.NAME.<pid>.partial``), so two processes never
+write the same scratch file; a command holds the run-level lock (RUN/.lock, :meth:`Run.locked`)
+for as long as it works on the run, and a second command on the same run stops with exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -24,7 +29,7 @@ from typing import Any, Iterator
 from edgedistill import __version__
 from edgedistill.config import Recipe, save_recipe
 from edgedistill.schema import apply_overrides, read_yaml, validate
-from edgedistill.errors import ConfigError, StageMissing
+from edgedistill.errors import ConfigError, RunBusy, StageMissing
 from edgedistill.registry import stage_info
 
 log = logging.getLogger(__name__)
@@ -93,7 +98,8 @@ class Stage:
         """A temporary path to write ``final`` into; it is renamed into place on success."""
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.partial")
+        remove_stale_partials(final)
+        tmp = partial_path(final)
         remove_path(tmp)
         self._pending.append((tmp, final))
         return tmp
@@ -136,6 +142,29 @@ class Stage:
         return False
 
 
+def partial_path(final: Path) -> Path:
+    """This process's temporary path for ``final``: ``.NAME.<pid>.partial`` beside it."""
+    return final.with_name(f".{final.name}.{os.getpid()}.partial")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_partials(final: Path) -> None:
+    """Remove what killed processes left while writing ``final`` (their pid no longer runs)."""
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*.partial"):
+        pid = p.name[len(final.name) + 2:-len(".partial")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove_path(p)
+
+
 def remove_path(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
@@ -173,6 +202,7 @@ class Run:
     report_json = property(lambda s: s.root / "report.json")
     report_md = property(lambda s: s.root / "report.md")
     report_html = property(lambda s: s.root / "report.html")
+    lock_path = property(lambda s: s.root / ".lock")
 
     def rel(self, p: Path) -> str:
         p = Path(p).resolve()
@@ -222,6 +252,40 @@ class Run:
     def recipe(self) -> Recipe:
         return validate(Recipe, read_yaml(self.config_path), str(self.config_path))
 
+    # --- the run-level lock ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, command: str = "edgedistill") -> Iterator["Run"]:
+        """Hold RUN/.lock (fcntl) while a command works on the run; another command holding it
+        is a :class:`RunBusy` (exit 2) naming its pid. The lock dies with its process. Under a
+        distributed launcher (torchrun, ``accelerate launch``) rank 0 holds it for every rank."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("RANK", "0").strip() not in ("", "0"):
+            yield self
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+                info = json.loads(holder) if holder.startswith("{") else {}
+                pid = info.get("pid", "unknown")
+                what = f" (`{info['command']}`, since {info.get('since', '?')})" if info.get("command") else ""
+                raise RunBusy(
+                    f"{self.root} is in use by another edgedistill command: pid {pid}{what}.",
+                    hint=f"Wait for it to finish, or stop it (`kill {pid}`), then run this command "
+                         "again; two commands writing one run would mix their outputs.") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command,
+                                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+            try:
+                yield self
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     # --- manifest --------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -242,7 +306,7 @@ class Run:
             fcntl.flock(lock, fcntl.LOCK_EX)
             m = self.read_manifest()
             yield m
-            tmp = self.manifest_path.with_name(".manifest.json.partial")
+            tmp = partial_path(self.manifest_path)
             with open(tmp, "w") as f:
                 json.dump(m, f, indent=2, sort_keys=True)
                 f.flush()

@@ -72,6 +72,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             lines.append(f"  unknown key '{dotted}'; valid keys under {parent}: {', '.join(valid)}")
         elif e["type"] == "missing":
             lines.append(f"  missing key '{dotted}'")
+        elif e["type"] == "secret_in_url":  # never echo a credential back
+            lines.append(f"  {dotted}: {e['msg']}")
         else:
             shown = e.get("input")
             shown = repr(shown) if not isinstance(shown, (dict, list)) else type(shown).__name__

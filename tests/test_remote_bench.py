@@ -147,3 +147,48 @@ def test_an_onnx_artifact_travels_with_its_data_and_tokenizer_only(tmp_path):
     assert names({"format": "onnx", "path": tmp_path / "model_int4.onnx"}) == [
         "config.json", "model_int4.onnx", "tokenizer.json"]
     assert names({"format": "gguf", "path": tmp_path / "model.onnx"}) == ["model.onnx"]
+
+
+def test_reaching_a_host_over_ssh_does_not_make_it_the_target(ssh_env, tmp_path, smollm2_gguf):
+    """The sshd's machine, reached over real SSH, judged against a target of its own arch that
+    declares another machine (a Raspberry Pi 5's cores, RAM and CPU): not on the target, the host's
+    figures labelled as such, the target's predicted; the same bench against a target describing
+    the machine as it is counts as on the target."""
+    import re
+
+    from click.testing import CliRunner
+
+    from edgedistill.bench.host import host_info
+    from edgedistill.cli import cli
+
+    host, d = ssh_env
+    run = make_run(tmp_path / "r")
+    gguf_artifact(run, smollm2_gguf)
+    me = host_info()
+    settings = {**SETTINGS, "thread_sweep": []}
+    pi_like = write_target(tmp_path, name="pi-like", cores=4 if me["cores_logical"] != 4 else 8, ram_mb=8192,
+                           cpu_pattern="Raspberry Pi 5|Cortex-A76", memory_bandwidth_gbs=17.0,
+                           l3_cache_mb=2, settings=settings,
+                           budgets={"min_decode_tokens_per_s": 1, "max_ttft_ms": 1})
+    bench_run.bench(run, target=str(pi_like), host=host)
+    rec = json.loads((run.bench_dir / "pi-like" / "gguf-q4_1.json").read_text())
+    assert rec["ssh_host"] == host and rec["on_target"] is False
+    assert rec["decode_tokens_per_s"]["p50"] > 0  # it ran there
+    reasons = " | ".join(rec["not_on_target_because"])
+    assert "cores, not" in reasons and "does not match cpu_pattern 'Raspberry Pi 5|Cortex-A76'" in reasons
+    assert rec["note"].startswith(f"measured_on: {rec['measured_on']['hostname']}, not the target")
+    assert rec["predicted_decode_tokens_per_s"] == pytest.approx(17.0e9 / rec["bytes_per_token"], rel=1e-2)
+    # the host's 1 ms TTFT is never a pass for the device's budget: unchecked, not passed
+    invoke = CliRunner().invoke(cli, ["report", str(run.root), "--set", "gates.min_retention=null",
+                                      "--set", f"targets=[{pi_like}]"], catch_exceptions=False)
+    assert invoke.exit_code == 0, invoke.output
+    data = json.loads(run.report_json.read_text())
+    assert data["targets"]["pi-like"]["on_target"] is False
+    assert {u["gate"] for u in data["unchecked_budgets"]} == {"min_decode_tokens_per_s", "max_ttft_ms"}
+    assert "measured_on: " in run.report_md.read_text()
+
+    same = write_target(tmp_path, name="this-machine", cores=me["cores_logical"], ram_mb=me["ram_mb"],
+                        cpu_pattern=re.escape(me["cpu"]), settings=settings)
+    bench_run.bench(run, target=str(same), host=host)
+    rec = json.loads((run.bench_dir / "this-machine" / "gguf-q4_1.json").read_text())
+    assert rec["on_target"] is True and rec["not_on_target_because"] == [] and "note" not in rec

@@ -51,7 +51,7 @@ def run_with_results(tmp_path, monkeypatch):
              "path": str(run.export_dir / k.split("-")[0] / f"model-{k}.bin"), "bytes": SIZES[k],
              "sha256": "0" * 64, "parity": {"greedy_token_agreement": 0.9, "max_abs_logit_diff": None}}
             for k in SCORES]
-    monkeypatch.setattr(rep, "list_artifacts", lambda r: arts)
+    monkeypatch.setattr(rep, "list_artifacts", lambda r, **kw: arts)
     return run
 
 

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one artifact in this process
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--thread-sweep", default="", help="comma-separated thread counts, e.g. 1,2,4")
+    p.add_argument("--context", type=int, default=None, help="llama.cpp n_ctx (default: the runtime's)")
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--generate-tokens", type=int, default=64)
     p.add_argument("--repetitions", type=int, default=5)
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             arts.append({"id": path.stem, "format": _format_of(path), "precision": "unknown", "path": str(path)})
         spec = {"target": None, "artifacts": arts, "settings": {
-            "threads": args.threads, "prompt_tokens": args.prompt_tokens, "generate_tokens": args.generate_tokens,
-            "repetitions": args.repetitions, "warmup": args.warmup,
+            "threads": args.threads, "context": args.context, "prompt_tokens": args.prompt_tokens,
+            "generate_tokens": args.generate_tokens, "repetitions": args.repetitions, "warmup": args.warmup,
             "thread_sweep": [int(t) for t in args.thread_sweep.split(",") if t.strip()]}}
     else:
         _parser().print_usage(sys.stderr)

@@ -1,13 +1,17 @@
 """The device side of bench: measure every artifact of a spec, each in a fresh subprocess of this
-interpreter (so its peak RSS is its own), plus the machine and its memory bandwidth.
+interpreter (so its peak RSS is its own), plus the machine, its DRAM bandwidth, and the bandwidth
+at each artifact's working set (``bytes_per_token``: a model that fits in cache reads at cache
+speed, so that is its roofline).
 
 A spec (JSON) is what bench/run.py sends, locally or over SSH::
 
     {"target": "cpu-x86",
-     "settings": {"threads": 2, "thread_sweep": [1, 2], "prompt_tokens": 64, "generate_tokens": 64,
-                  "repetitions": 5, "warmup": 1},
+     "settings": {"threads": 2, "thread_sweep": [1, 2], "context": 512, "prompt_tokens": 64,
+                  "generate_tokens": 64, "repetitions": 5, "warmup": 1},
      "artifacts": [{"id": "gguf-q4_k_m", "format": "gguf", "precision": "q4_k_m", "path": "...",
-                    "bytes": 105500000, "providers": [], "gpu_layers": 0}]}
+                    "bytes": 105500000, "bytes_per_token": 79000000, "providers": [], "gpu_layers": 0}]}
+
+``context`` is the runtime's context length (llama.cpp's n_ctx).
 """
 
 from __future__ import annotations
@@ -61,14 +65,24 @@ def run_spec(spec: dict[str, Any], progress: Callable[[str], None] = lambda s: N
     bandwidth = measure_bandwidth(threads)
     progress(f"memory bandwidth (numpy copy, {threads} threads): {bandwidth['copy_gbs']} GB/s")
     results = []
+    at_size: dict[int, dict[str, Any]] = {}  # bandwidth by working-set size, measured once each
     for art in spec["artifacts"]:
         one = {"kind": KIND_OF_FORMAT[art["format"]], "path": art["path"], "threads": threads,
                "providers": art.get("providers") or [], "gpu_layers": art.get("gpu_layers", 0),
+               "n_ctx": settings.get("context"),
                **{k: settings[k] for k in ("prompt_tokens", "generate_tokens", "repetitions", "warmup")}}
         progress(f"{art['id']}: {threads} threads, {settings['repetitions']} runs")
         res = measure_in_subprocess(one, spec.get("timeout_s", 900))
+        size = art.get("bytes") or artifact_bytes(art["path"])
         entry = {"id": art["id"], "format": art["format"], "precision": art["precision"],
-                 "bytes": art.get("bytes") or artifact_bytes(art["path"]), **res}
+                 "bytes": size, **res}
+        if "error" not in res:
+            working = int(art.get("bytes_per_token") or size)
+            if working not in at_size:
+                at_size[working] = measure_bandwidth(threads, working_set_bytes=working)
+            entry["bandwidth"] = at_size[working]
+            progress(f"{art['id']}: bandwidth at its working set ({working / 1e6:.3g} MB): "
+                     f"{entry['bandwidth']['copy_gbs']} GB/s")
         sweep = []
         for t in settings.get("thread_sweep") or []:
             progress(f"{art['id']}: thread sweep, {t} threads")

@@ -5,7 +5,8 @@ Timing of one artifact (``measure_artifact``), after ``warmup`` untimed runs, ov
 ``repetitions`` timed runs of a ``prompt_tokens`` prefill and ``generate_tokens`` greedy tokens
 (end-of-turn suppressed, so every run decodes the same count):
 
-- ``load_s``: ``runtimes.load`` in a fresh process (cold: file read, graph build);
+- ``load_s``: ``runtimes.load`` in a fresh process (cold: file read, graph build), with the
+  target's context length (``n_ctx``: what llama.cpp allocated, it rounds up to a multiple of 256);
 - ``ttft_ms``: from handing over the prompt ids to the first generated token (prefill + 1 step);
 - ``token_latency_ms``: every gap between consecutive generated tokens, all runs pooled;
 - ``decode_tokens_per_s``: per run, (tokens - 1) / (last token time - first token time). Its pXX is
@@ -92,15 +93,17 @@ def _rss_mb() -> float:
 
 def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     """Load and time one artifact in this process. ``spec``: kind, path, threads, providers,
-    gpu_layers, prompt_tokens, generate_tokens, repetitions, warmup."""
+    gpu_layers, n_ctx, prompt_tokens, generate_tokens, repetitions, warmup."""
     from edgedistill import runtimes
 
     kind = spec["kind"]
     rss_before = _rss_mb()
     t0 = time.perf_counter()
     rt = runtimes.load(kind, spec["path"], threads=spec.get("threads"),
-                       providers=spec.get("providers") or None, gpu_layers=spec.get("gpu_layers", 0))
+                       providers=spec.get("providers") or None, gpu_layers=spec.get("gpu_layers", 0),
+                       n_ctx=spec.get("n_ctx"))
     load_s = time.perf_counter() - t0
+    n_ctx = rt.llm.n_ctx() if kind == "gguf" else None  # as the runtime allocated it
     prompt = prompt_ids_of_length(rt, spec["prompt_tokens"])
     n_gen = spec["generate_tokens"]
     for _ in range(spec["warmup"]):
@@ -129,7 +132,7 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": kind, "runtime": runtime_name(kind), "runtime_version": runtime_version(kind),
         "threads": spec.get("threads"), "providers": spec.get("providers") or [],
-        "gpu_layers": spec.get("gpu_layers", 0),
+        "gpu_layers": spec.get("gpu_layers", 0), "context": spec.get("n_ctx"), "n_ctx": n_ctx,
         "prompt_tokens": len(prompt), "generate_tokens": n_gen, "tokens_per_run": produced // max(1, spec["repetitions"]),
         "repetitions": spec["repetitions"], "warmup": spec["warmup"],
         "load_s": round(load_s, 4),

@@ -12,6 +12,9 @@ Environment: ``EDGEDISTILL_SSH_CONFIG`` (an ssh_config file passed with ``-F``),
 ``EDGEDISTILL_REMOTE_PYTHON`` (the device's interpreter, default ``python3``; it needs the
 ``[bench]`` extra's packages), ``EDGEDISTILL_REMOTE_DIR`` (the working folder there, default
 ``~/.cache/edgedistill/remote-bench``).
+
+``--host`` is ``USER@HOST[:PORT]``, ``HOST[:PORT]`` or an alias from the ssh config, checked before
+anything runs (never an option: it cannot start with ``-``) and passed after ``--``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import edgedistill
-from edgedistill.errors import EndpointError
+from edgedistill.errors import ConfigError, EndpointError
 from edgedistill.rundir import digest
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,8 @@ class Remote:
         config = os.environ.get("EDGEDISTILL_SSH_CONFIG")
         if config:
             common = ["-F", config] + common
-        self.ssh_cmd = ["ssh", *common] + (["-p", str(self.port)] if self.port else [])
-        self.scp_cmd = ["scp", "-q", *common] + (["-P", str(self.port)] if self.port else [])
+        self.ssh_cmd = ["ssh", *common] + (["-p", str(self.port)] if self.port else []) + ["--"]
+        self.scp_cmd = ["scp", "-q", *common] + (["-P", str(self.port)] if self.port else []) + ["--"]
 
     def ssh(self, command: str, *, check: bool = True, capture: bool = True,
             timeout: float | None = 120) -> subprocess.CompletedProcess:
@@ -58,8 +62,11 @@ class Remote:
         return proc
 
     def put(self, local: Path, remote: str) -> None:
-        proc = subprocess.run([*self.scp_cmd, str(local), f"{self.dest}:{remote}"], text=True,
-                              capture_output=True)
+        user, at, hostname = self.dest.rpartition("@")
+        dest = f"{user}{at}[{hostname}]" if ":" in hostname else self.dest  # an IPv6 address
+        # an absolute local path: scp would take a relative one with a ':' for a remote one
+        proc = subprocess.run([*self.scp_cmd, str(Path(local).resolve()), f"{dest}:{remote}"],
+                              text=True, capture_output=True)
         if proc.returncode != 0:
             self._fail(proc.returncode, proc.stderr, f"scp {local}")
 
@@ -80,12 +87,24 @@ class Remote:
         raise EndpointError(f"`{what}` failed on {self.host} (exit {code}): {err[-2000:]}")
 
 
+_USER = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"  # a host name, an IPv4 address or an ssh config alias
+_HOST = re.compile(rf"^(?:(?P<user>{_USER})@)?(?P<host>{_NAME}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?$")
+
+
 def parse_host(host: str) -> tuple[str, int | None]:
-    """``user@host[:port]`` → (``user@host``, port or None)."""
-    dest, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        return dest, int(port)
-    return host, None
+    """``user@host[:port]``, ``host[:port]`` or an ssh config alias → (``user@host``, port or
+    None). Anything else -- an option (``-oProxyCommand=...``), spaces, shell characters, a path,
+    a port out of range -- is a ConfigError (exit 2)."""
+    m = _HOST.match(host or "")
+    port = int(m["port"]) if m and m["port"] else None
+    if not m or (port is not None and not 0 < port < 65536):
+        raise ConfigError(
+            f"--host {host!r} is not USER@HOST[:PORT] or an ssh config alias.",
+            hint="Give e.g. pi@raspberrypi.local, pi@192.168.1.20:2222 or a Host alias from "
+                 "~/.ssh/config (letters, digits, '.', '_' and '-'; it cannot start with '-').")
+    dest = (f"{m['user']}@" if m["user"] else "") + m["host"].strip("[]")
+    return dest, port
 
 
 def _package_tar() -> bytes:
@@ -122,7 +141,8 @@ def run_remote(host: str, spec: dict[str, Any], run_root: Path) -> dict[str, Any
     """Copy the runner and the artifacts to ``host``, run the spec there, return its JSON."""
     r = Remote(host)
     remote_root = os.environ.get("EDGEDISTILL_REMOTE_DIR", REMOTE_ROOT)
-    base = f"{remote_root}/{run_root.name}-{hashlib.sha256(str(run_root).encode()).hexdigest()[:8]}"
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", run_root.name)  # the run's name, safe in a remote path
+    base = f"{remote_root}/{label}-{hashlib.sha256(str(run_root).encode()).hexdigest()[:8]}"
     probe = r.ssh(f"mkdir -p {shlex.quote(base)} && cd {shlex.quote(base)} && pwd && "
                   f"{shlex.quote(r.python)} -c 'import sys, numpy, psutil; print(sys.version.split()[0])'",
                   check=False)

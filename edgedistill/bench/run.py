@@ -3,17 +3,26 @@ machine or, with ``host``, on another one over SSH; RUN/bench/<target>/<artifact
 
 Besides the runner's raw figures (see :mod:`edgedistill.bench.measure`) each artifact's file gets:
 
-- ``measured_on``: the machine the numbers come from (arch, CPU, cores, RAM, hostname), and
-  ``on_target``: whether that machine is the target (same arch, and either the target is the
-  generic host target or the bench ran on the device over SSH). When it is not, the figures are
-  the host's, never the device's, and the report says so;
-- ``bandwidth_gbs``: the measuring machine's memory bandwidth, measured (numpy copy on as many
-  threads as the decode uses), never assumed;
-- ``roofline_fraction``: decode tokens/s p50 over the bandwidth bound (bandwidth / bytes read per
-  token, taken as the artifact's size). Above 1 means the weights sat in cache, not DRAM;
-- ``predicted_decode_tokens_per_s``: for a target that is not the measuring machine and that names
-  its ``memory_bandwidth_gbs``: the same bound on the target's bandwidth -- a prediction (an upper
-  bound), named as one.
+- ``measured_on``: the machine the numbers come from (arch, CPU, board, cores, RAM, accelerators,
+  hostname), ``on_target``: whether that machine is the target, and ``not_on_target_because``: what
+  differs (:meth:`edgedistill.hardware.Target.mismatches`: arch, core count, RAM within ±15%, the
+  target's ``cpu_pattern``, its accelerators). Reaching a machine over SSH proves nothing about
+  what it is. Not on the target, the figures are the host's, never the device's: ``note`` says
+  ``measured_on: <host>, not the target`` and the target's figures are predictions;
+- ``bytes_per_token`` (and ``bytes_per_token_basis``): what one decode step reads, from the
+  artifact's tensor table (:mod:`edgedistill.bench.weights`);
+- ``bandwidth_gbs``: the measuring machine's memory bandwidth at that working-set size, measured
+  (numpy copy on as many threads as the decode uses), never assumed; ``dram_bandwidth_gbs`` too;
+- ``roofline_fraction``: decode tokens/s p50 over the bound (bandwidth / bytes per token). A
+  fraction above 1 means the bound did not hold; it is then null, and ``roofline_note`` says why;
+- ``predicted_decode_tokens_per_s``: not on the target, the same bound on the target's
+  ``memory_bandwidth_gbs`` (an upper bound; none when the model fits in the target's
+  ``l3_cache_mb``); ``predicted_peak_rss_mb``: the host's measured peak RSS, as the target's;
+- ``budgets``: the target's budgets, with its ``ram_mb`` (peak RSS over it fails).
+
+An artifact that fails to load or run gets an ``error`` instead of figures: report's gates fail it
+for this target. One whose files changed since export is still sent (and fails there, as it would
+on the device), never silently left out.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.artifacts import list_artifacts
-from edgedistill.hardware import Target, load_target
 from edgedistill.errors import ArtifactError, StageMissing
+from edgedistill.hardware import Target, load_target
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
@@ -44,49 +53,93 @@ def runnable(target: Target, artifacts: list[dict[str, Any]]) -> tuple[list[dict
     return picked, skipped
 
 
-def on_target(target: Target, host: dict[str, Any], remote: bool) -> bool:
+def on_target(target: Target, host: dict[str, Any]) -> bool:
     """Is the machine that measured the target itself? Never guessed in the target's favour."""
-    if host.get("arch") != target.arch:
-        return False
-    return remote or target.cores is None
+    return not target.mismatches(host)
 
 
-def annotate(result: dict[str, Any], entry: dict[str, Any], target: Target, remote: bool) -> dict[str, Any]:
-    """One artifact's bench record: the runner's figures plus where, roofline and prediction."""
+def _roofline(out: dict[str, Any], tok_s: float, bw_gbs: float, per_token: int) -> None:
+    bound = bw_gbs * 1e9 / per_token
+    fraction = tok_s / bound
+    out["roofline_bound_tokens_per_s"] = round(bound, 2)
+    out["roofline_fraction"] = round(fraction, 4) if fraction <= 1 else None
+    if fraction > 1:
+        out["roofline_note"] = (
+            f"not reported: {tok_s:.4g} tok/s is {fraction:.2f}x the bound {bound:.4g} tok/s "
+            f"({bw_gbs} GB/s at the working set / {per_token} bytes per token); the bound does not "
+            "hold here (the copy understates read bandwidth, or fewer bytes are read per token)")
+
+
+def _predict(out: dict[str, Any], entry: dict[str, Any], target: Target, per_token: int) -> None:
+    """The target's figures where the bench did not run on it: predictions, named as such."""
+    out["predicted_peak_rss_mb"] = entry.get("peak_rss_mb")
+    out["predicted_peak_rss_basis"] = "the host's measured peak RSS (the same runtime and weights)"
+    bw, l3 = target.memory_bandwidth_gbs, target.l3_cache_mb
+    if not bw:
+        out["predicted_basis"] = f"no prediction: {target.name} names no memory_bandwidth_gbs"
+    elif l3 and per_token <= l3 * 2**20:
+        out["predicted_basis"] = (f"no prediction: {per_token} bytes per token fit in {target.name}'s "
+                                  f"{l3} MB L3 cache, so its DRAM bandwidth does not bound the decode")
+    else:
+        out["predicted_decode_tokens_per_s"] = round(bw * 1e9 / per_token, 2)
+        out["predicted_basis"] = (f"upper bound: {target.name} memory_bandwidth_gbs {bw} / "
+                                  f"{per_token} bytes read per token")
+
+
+def annotate(result: dict[str, Any], entry: dict[str, Any], target: Target,
+             art: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One artifact's bench record: the runner's figures plus where, roofline and prediction.
+    ``art``: the artifact as sent (its ``bytes_per_token`` and basis)."""
     host = result["host"]
-    here = on_target(target, host, remote)
-    bw = result["bandwidth"]["copy_gbs"]
-    out = {**entry, "target": target.name, "measured_on": host, "on_target": here,
-           "bandwidth_gbs": bw, "bandwidth_method": result["bandwidth"]["method"],
-           "bytes_per_token": entry["bytes"], "settings": result["settings"],
-           "budgets": target.budgets.model_dump()}
+    why = target.mismatches(host)
+    art = art or {}
+    per_token = int(art.get("bytes_per_token") or entry["bytes"])
+    bw = entry.get("bandwidth") or result["bandwidth"]
+    out = {**{k: v for k, v in entry.items() if k != "bandwidth"},
+           "target": target.name, "target_device": target.device(), "measured_on": host,
+           "on_target": not why, "not_on_target_because": why,
+           "bandwidth_gbs": bw["copy_gbs"], "bandwidth_method": bw["method"],
+           "dram_bandwidth_gbs": result["bandwidth"]["copy_gbs"],
+           "bytes_per_token": per_token,
+           "bytes_per_token_basis": art.get("bytes_per_token_basis") or "artifact size",
+           "settings": result["settings"],
+           "budgets": {**target.budgets.model_dump(), "ram_mb": target.ram_mb}}
+    if art.get("damaged"):
+        out["damaged"] = "the artifact's files changed since it was exported (sizes differ from the manifest)"
+    if why:
+        out["note"] = (f"measured_on: {host.get('hostname')}, not the target ({'; '.join(why)}): these "
+                       f"are the host's figures; {target.name}'s are the predicted_* fields")
     if "error" in entry:
         return out
-    bound = bw * 1e9 / entry["bytes"]
-    out["roofline_bound_tokens_per_s"] = round(bound, 2)
-    out["roofline_fraction"] = round(entry["decode_tokens_per_s"]["p50"] / bound, 4)
-    if not here:
-        out["note"] = (f"measured on {host['hostname']} ({host['arch']}, {host['cpu']}), not on the "
-                       f"{target.name} target: these are the host's figures")
-        if target.memory_bandwidth_gbs:
-            out["predicted_decode_tokens_per_s"] = round(target.memory_bandwidth_gbs * 1e9 / entry["bytes"], 2)
-            out["predicted_basis"] = (f"upper bound: {target.name} memory_bandwidth_gbs "
-                                      f"{target.memory_bandwidth_gbs} / bytes read per token (artifact size)")
+    _roofline(out, entry["decode_tokens_per_s"]["p50"], bw["copy_gbs"], per_token)
+    if why:
+        _predict(out, entry, target, per_token)
     return out
 
 
 def device_spec(target: Target, arts: list[dict[str, Any]]) -> dict[str, Any]:
     settings = target.settings.model_dump(mode="json")
+    keys = ("id", "format", "precision", "bytes", "providers", "gpu_layers", "bytes_per_token")
     return {"target": target.name, "settings": settings, "artifacts": [
-        {**{k: a[k] for k in ("id", "format", "precision", "bytes", "providers", "gpu_layers")},
-         "path": str(a["path"])} for a in arts]}
+        {**{k: a[k] for k in keys if k in a}, "path": str(a["path"])} for a in arts]}
+
+
+def _with_bytes_per_token(arts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from edgedistill.bench.weights import bytes_per_token
+
+    out = []
+    for a in arts:
+        w = bytes_per_token(a["format"], a["path"]) if Path(a["path"]).exists() else \
+            {"bytes_per_token": a.get("bytes") or 0, "basis": "artifact size (the file is missing)"}
+        out.append({**a, "bytes_per_token": w["bytes_per_token"], "bytes_per_token_basis": w["basis"]})
+    return out
 
 
 def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str | None = None) -> None:
     """Measure every artifact ``target`` can run; on ``host`` (USER@HOST[:PORT]) over SSH if given."""
     tgt = load_target(target)
     target_file = Path(target) if Path(target).exists() else None
-    arts = list_artifacts(run)
+    arts = list_artifacts(run, include_damaged=True)
     if not arts:
         raise StageMissing(f"{run.root} has no exported artifacts to bench.",
                            hint=f"Run `edgedistill export {run.root}` and `edgedistill quantize {run.root}` first.")
@@ -103,13 +156,17 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
     previous = (run.stage_entry(name) or {}).get("metrics", {})
     if previous.get("host") != host:
         force = True
-    inputs = [Path(a["path"]) for a in picked] + ([target_file] if target_file else [])
+    inputs = [Path(a["path"]) for a in picked if Path(a["path"]).exists()] + ([target_file] if target_file else [])
     stage = run.begin(name, inputs=inputs, force=force)
     if stage is None:
         return
-    spec = device_spec(tgt, picked)
+    present = _with_bytes_per_token([a for a in picked if Path(a["path"]).exists()])
+    missing = [a for a in picked if not Path(a["path"]).exists()]
+    spec = device_spec(tgt, present)
     with stage:
-        if host:
+        if not present:
+            result = None
+        elif host:
             from edgedistill.bench.remote import run_remote
 
             result = run_remote(host, spec, run.root)
@@ -120,21 +177,30 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
             log.info("\n%s", format_table(result))
         out_dir = run.bench_dir / tgt.name
         written = {}
-        for entry in result["results"]:
-            rec = annotate(result, entry, tgt, remote=bool(host))
+        entries = [(e, next(a for a in present if a["id"] == e["id"])) for e in (result or {}).get("results", [])]
+        entries += [({"id": a["id"], "format": a["format"], "precision": a["precision"], "bytes": a.get("bytes"),
+                      "error": f"{run.rel(Path(a['path']))} is missing (it was exported, then removed)"}, a)
+                    for a in missing]
+        for entry, art in entries:
+            rec = annotate(result, entry, tgt, art) if result else {
+                **entry, "target": tgt.name, "target_device": tgt.device(), "on_target": None,
+                "budgets": {**tgt.budgets.model_dump(), "ram_mb": tgt.ram_mb}}
             rec["ssh_host"] = host
-            rec["path"] = run.rel(Path(next(a["path"] for a in picked if a["id"] == entry["id"])))
+            rec["path"] = run.rel(Path(art["path"]))
             path = out_dir / f"{entry['id']}.json"
             stage.output(path).write_text(json.dumps(rec, indent=2) + "\n")
             written[entry["id"]] = rec
         stage.metrics.update(
-            host=host, measured_on=result["host"]["hostname"], bandwidth_gbs=result["bandwidth"]["copy_gbs"],
+            host=host, measured_on=(result or {}).get("host", {}).get("hostname"),
+            on_target=next((r["on_target"] for r in written.values() if r.get("on_target") is not None), None),
+            bandwidth_gbs=(result or {}).get("bandwidth", {}).get("copy_gbs"),
             decode_tokens_per_s_p50={k: (v.get("decode_tokens_per_s") or {}).get("p50") for k, v in written.items()},
             errors={k: v["error"] for k, v in written.items() if "error" in v}, skipped=skipped)
     failed = [k for k, v in written.items() if "error" in v]
     if failed:
-        log.warning("bench failed for %s: %s", ", ".join(failed),
-                    "; ".join(f"{k}: {written[k]['error']}" for k in failed))
+        log.error("%d artifact(s) failed to load or run on %s -- a failed gate for this target "
+                  "(`edgedistill report --check` exits 1): %s", len(failed), tgt.name,
+                  "; ".join(f"{k}: {written[k]['error']}" for k in failed))
     log.info("Wrote %s", run.bench_dir / tgt.name)
 
 

@@ -131,7 +131,7 @@ def evaluate(run: Run, *, force: bool = False) -> None:
                         hint=f"Re-run `edgedistill generate {run.config_path} --run-dir {run.root} --force`.")
     sources = {reference_of(r)[0] for r in examples}
     settings = {"task": task, "max_new_tokens": recipe.eval.max_new_tokens, "ids": [r["id"] for r in examples],
-                "data": digest(run.eval_data)["sha256"], "metrics_version": 1}
+                "data": digest(run.eval_data)["sha256"], "metrics_version": 2}
     previous = _previous(run)
     metric = metrics.primary_metric(task)
     summary: dict[str, Any] = {
@@ -159,8 +159,12 @@ def evaluate(run: Run, *, force: bool = False) -> None:
                 rows = _score_rows(task, examples, outputs)
             _write_rung(run, stage, summary, rung, rows, task, key=key)
         teacher_score = summary["rungs"][TEACHER]["score"]
-        for entry in summary["rungs"].values():
+        from edgedistill.evaluate.bootstrap import rung_intervals  # n, score_ci95, retention_ci95
+
+        per_example = summary.pop("_per_example")  # {rung: {example id: score}}, from _write_rung
+        for name, entry in summary["rungs"].items():
             entry["retention"] = round(entry["score"] / teacher_score, 6) if teacher_score > 0 else None
+            entry.update(rung_intervals(per_example[name], per_example[TEACHER]))
         _write_json(stage.output(run.eval_dir / SUMMARY), summary)
         stage.metrics.update(metric=metric, reference=summary["reference"], n=len(examples),
                              scores={k: v["score"] for k, v in summary["rungs"].items()},
@@ -174,6 +178,7 @@ def _write_rung(run: Run, stage: Stage, summary: dict[str, Any], rung: dict[str,
     path = run.eval_dir / f"{rung['name']}.jsonl"
     write_jsonl(stage.output(path), rows)
     agg = metrics.aggregate(rows, task)
+    summary.setdefault("_per_example", {})[rung["name"]] = {r["id"]: r.get("score") for r in rows}
     summary["rungs"][rung["name"]] = {
         "kind": rung["kind"], "model": str(rung.get("model")), "artifact": bool(rung.get("artifact")),
         "score": agg["score"], "metrics": agg, "file": run.rel(path), "key": key,

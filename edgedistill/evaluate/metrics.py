@@ -59,12 +59,10 @@ def chrf(prediction: str, reference: str) -> float:
     return float(_chrf().sentence_score(prediction, [reference]).score) / 100.0
 
 
-def _numeric(text: str | None) -> str | None:
-    """The canonical number a short answer or a reply states (``answer is X``, else the last)."""
-    if text is None:
-        return None
-    whole = canonical_number(text.strip())
-    return whole if whole is not None else last_number(text)
+def _numeric(answer: str | None) -> str | None:
+    """The canonical number an extracted QA answer is, when it is one (never a number picked out
+    of a sentence: extraction has already decided what the reply asserts)."""
+    return canonical_number(answer.strip()) if answer else None
 
 
 def score_example(task: str, prediction: str | None, reference: str,
@@ -80,9 +78,9 @@ def score_example(task: str, prediction: str | None, reference: str,
     ref_answer = extract_answer(task, reference, record) if reference_is_reply else reference
     pred_answer = extract_answer(task, prediction, record)
     out: dict[str, Any] = {"extracted": pred_answer, "reference_answer": ref_answer}
-    if task in ("summarization", "conversation"):
-        out["rouge_l"] = rouge_l(prediction, reference)
-        out["chrf"] = chrf(prediction, reference)
+    if task in ("summarization", "conversation"):  # the reply without a "Summary:" preamble
+        out["rouge_l"] = rouge_l(pred_answer or "", ref_answer or "")
+        out["chrf"] = chrf(pred_answer or "", ref_answer or "")
     elif task in ("nli", "classification"):
         ok = pred_answer is not None and ref_answer is not None and \
             normalize_answer(pred_answer) == normalize_answer(ref_answer)

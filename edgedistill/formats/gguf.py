@@ -22,10 +22,13 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from edgedistill.config import cache_dir
 from edgedistill.errors import ArtifactError, ConfigError, NotAvailable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +209,43 @@ def _native_output_to(log_file: Path) -> Iterator[None]:
             os.close(fd)
 
 
+# Types whose quantizer ignores an importance matrix (nothing to calibrate), and types llama.cpp
+# refuses to make without one (llama-quant.cpp, tensor_requires_imatrix and the IQ2/IQ1 rules).
+IGNORES_IMATRIX = frozenset({"f32", "f16", "bf16", "q8_0", "all_f32"})
+NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m", "q2_k_s"})
+
+
+def _imatrix_params(llama_cpp, imatrix: dict[str, "np.ndarray"], dataset: str | None) -> tuple:
+    """The C arrays ``llama_model_quantize_params`` points at (the caller keeps them alive): the
+    importance matrix, ended by a NULL name, and the ``quantize.imatrix.*`` keys llama-quantize
+    writes into the GGUF."""
+    import ctypes
+
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    keep = []
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        raw = name.encode()
+        keep += [raw, values]
+        entries[i].name = raw
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(imatrix)].name = None
+    kv = (llama_cpp.llama_model_kv_override * 3)()
+    kv[0].key, kv[0].tag = b"quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+    kv[0].value.val_i64 = len(imatrix)
+    kv[1].key, kv[1].tag = b"quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+    kv[1].value.val_str = (dataset or "unknown").encode()[:127]
+    kv[2].key = b""  # the terminator
+    return entries, kv, keep
+
+
 def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
-             log_file: Path | None = None) -> None:
+             log_file: Path | None = None, imatrix: dict[str, "np.ndarray"] | None = None,
+             imatrix_dataset: str | None = None) -> None:
     """GGUF → quantized GGUF with llama.cpp's quantizer (``llama_model_quantize``); its per-tensor
-    output goes to ``log_file`` when given."""
+    output goes to ``log_file`` when given. ``imatrix``: ``{tensor name: per-column mean squared
+    activation}`` (:func:`edgedistill.formats.imatrix.read`), handed over as
+    ``llama_model_quantize_params.imatrix``."""
     import ctypes
 
     import llama_cpp
@@ -218,12 +254,31 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
     if qtype.lower() not in types:
         raise ConfigError(f"Unknown GGUF quantization type {qtype!r} in export.quantize.gguf.",
                           hint=f"llama.cpp names: {', '.join(sorted(types))}.")
+    if qtype.lower() in NEEDS_IMATRIX and not imatrix:
+        raise ConfigError(f"GGUF {qtype} needs an importance matrix, and this quantization has none.",
+                          hint="Calibrate it: --set export.quantize.calibration=task")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[qtype.lower()]
     params.nthread = threads or 0
+    held = None
+    if imatrix:
+        held = _imatrix_params(llama_cpp, imatrix, imatrix_dataset)
+        params.imatrix = ctypes.cast(held[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(held[1], ctypes.POINTER(llama_cpp.llama_model_kv_override))
     with _native_output_to(log_file) if log_file else contextlib.nullcontext():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    del held
     if rc != 0 or not dst.exists():
         tail = "".join(log_file.read_text(errors="replace").splitlines(True)[-8:]) if log_file else ""
         raise ArtifactError(f"GGUF: llama.cpp's quantizer failed ({qtype}, code {rc}) on {src}.",
                             hint=f"Its last output ({log_file}):\n{tail}" if log_file else None)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGML type a GGUF holds: llama.cpp falls back from a k-quant when a
+    row length is not a multiple of 256 (SmolLM2's 576: "q4_k_m" is then mostly Q5_0)."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(sorted(Counter(t.tensor_type.name for t in GGUFReader(str(path), "r").tensors).items()))

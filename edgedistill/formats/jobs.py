@@ -1,17 +1,23 @@
 """What export and quantize share: one job per artifact, run as its own manifest stage
 (``export:<format>``, ``quantize:<artifact id>``), its files built in scratch space and renamed into
-place only after its check and parity pass; a failing job is reported and the others still run."""
+place only after its check and parity pass; a failing job is reported and the others still run.
+
+A job that fails with an :class:`EdgeDistillError` (a parity failure, a model the converter cannot
+take) ends the command with exit 2 once every job ran; one that raises anything else is a bug in
+an exporter or in edgedistill: its traceback goes to RUN/logs/ and the command ends with exit 3."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from edgedistill import crashlog
 from edgedistill.artifacts import list_artifacts
-from edgedistill.errors import ArtifactError, EdgeDistillError
+from edgedistill.errors import USER_ERRNOS, ArtifactError, EdgeDistillError, InternalError
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
@@ -46,9 +52,19 @@ def scratch_dir(run: Run, label: str) -> Path:
 Job = tuple[str, list[Path], dict[str, Any], Callable[[Any], None]]
 
 
+class Crash(str):
+    """A failure line for a job that crashed (a bug: exit 3): its stage, the exception in one line,
+    and the full traceback."""
+
+    stage: str = ""
+    summary: str = ""
+    traceback: str = ""
+
+
 def run_all(jobs: list[Job], run: Run, force: bool) -> list[str]:
-    """Run each (stage name, inputs, body) job; a failing job is reported, the others still run."""
-    failures = []
+    """Run each (stage name, inputs, body) job; a failing job is reported, the others still run.
+    Returns one line per failure; a job that crashed gives a :class:`Crash` line."""
+    failures: list[str] = []
     for name, inputs, config, body in jobs:
         try:
             stage = run.begin(name, inputs=inputs, force=force, config=config)
@@ -60,18 +76,41 @@ def run_all(jobs: list[Job], run: Run, force: bool) -> list[str]:
         except EdgeDistillError as e:
             log.error("%s failed: %s", name, e)
             failures.append(f"{name}: {e}")
-        except Exception as e:  # an exporter/tool crashing on this model must not stop the others
-            log.exception("%s failed inside its tool", name)
-            failures.append(f"{name}: {type(e).__name__}: {str(e)[:300]} (traceback in the log)")
+        except Exception as e:  # an exporter crashing on this model must not stop the others
+            if isinstance(e, OSError) and e.errno in USER_ERRNOS:  # a full disk: bad input, exit 2
+                where = f" writing {e.filename}" if e.filename else ""
+                log.error("%s failed: %s%s", name, e.strerror, where)
+                failures.append(f"{name}: {e.strerror}{where}")
+                continue
+            crash = Crash(f"{name}: crashed ({crashlog.one_line(e)})")
+            crash.stage, crash.summary = name, crashlog.one_line(e)
+            crash.traceback = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            log.error("%s", crash)
+            failures.append(crash)
     return failures
 
 
 def raise_failures(failures: list[str], run: Run) -> None:
-    if failures:
-        raise ArtifactError(f"{len(failures)} artifact(s) failed in {run.root}:\n" +
-                            "\n".join(failures),
-                            hint=f"The artifacts that passed: "
-                            f"{', '.join(a['id'] for a in list_artifacts(run)) or 'none'}.")
+    """Nothing when every job passed; else an InternalError (exit 3, tracebacks in RUN/logs/) when
+    one crashed, or an ArtifactError (exit 2) naming each failure and the artifacts that passed."""
+    if not failures:
+        return
+    passed = ", ".join(a["id"] for a in list_artifacts(run)) or "none"
+    crashes = [f for f in failures if isinstance(f, Crash)]
+    others = [f for f in failures if not isinstance(f, Crash)]
+    if crashes:
+        body = "\n".join(f"== {c.stage}\n{c.traceback}" for c in crashes)
+        if others:
+            body += "\n== the other failures (bad input, exit 2 on their own)\n" + "\n".join(others)
+        path = crashlog.write(crashes[0].stage.partition(":")[0], run.root, body)
+        kept = f"the traceback is in {path}" if path else "the traceback could not be written to a log"
+        also = f"; {len(others)} other job(s) failed" if others else ""
+        raise InternalError(
+            f"internal error in stage {', '.join(c.stage for c in crashes)} ({crashes[0].summary}); "
+            f"{kept}{also}; the artifacts that passed: {passed}. This is a bug in an exporter or in "
+            "edgedistill: please report it with that file.", log=path, stage=crashes[0].stage)
+    raise ArtifactError(f"{len(failures)} artifact(s) failed in {run.root}:\n" + "\n".join(failures),
+                        hint=f"The artifacts that passed: {passed}.")
 
 
 def settings(run: Run, **extra: Any) -> dict[str, Any]:

@@ -4,11 +4,18 @@ weight-only (MatMulNBits)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgedistill.errors import ArtifactError
+from edgedistill.errors import ArtifactError, ConfigError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -39,54 +46,180 @@ def export(merged: Path, out_dir: Path) -> None:
         raise ArtifactError(f"ONNX: optimum wrote no model.onnx into {out_dir}.")
 
 
-def _external(model_path: Path) -> bool:
-    return any(p.name.startswith(model_path.name) and p != model_path
-               for p in model_path.parent.iterdir())
+_PROTO_LIMIT = 2**31 - 2**26  # protobuf's 2 GB, with room for the graph: beyond it, external data
+
+
+def sensitive_layers(n: int) -> list[int]:
+    """The layers llama.cpp's Q4_K_M keeps at higher precision: the first and last eighth and every
+    third layer between (llama-quant.cpp's use_more_bits; ORT GenAI's builder copies it)."""
+    return [i for i in range(n) if i < n / 8 or i >= 7 * n / 8 or (i - round(n / 8)) % 3 == 2]
+
+
+def _model_config(model_dir: Path) -> dict:
+    return json.loads((model_dir / "config.json").read_text())
 
 
 def sensitive_matmuls(model_dir: Path) -> list[str]:
     """The MatMuls llama.cpp's Q4_K_M keeps at higher precision (attention V and MLP down
-    projections in the first and last eighth of the layers and every third layer between), named
-    as optimum's exporter names them."""
-    n = int(json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers") or 0)
-    layers = [i for i in range(n) if i < n / 8 or i >= 7 * n / 8 or (i - round(n / 8)) % 3 == 2]
-    return [f"/model/layers.{i}/{proj}/MatMul" for i in layers
+    projections of the :func:`sensitive_layers`), named as optimum's exporter names them."""
+    n = int(_model_config(model_dir).get("num_hidden_layers") or 0)
+    return [f"/model/layers.{i}/{proj}/MatMul" for i in sensitive_layers(n)
             for proj in ("self_attn/v_proj", "mlp/down_proj")]
 
 
-def quantize(src: Path, dst: Path, precision: str, block_size: int = 32) -> None:
+_SENSITIVE = re.compile(r"/model/layers\.(\d+)/(self_attn/v_proj|attn/v_proj|attn/qkv_proj|mlp/down_proj)"
+                        r"/MatMul$")
+
+
+def sensitive_nodes(model: "onnx.ModelProto", n_layers: int, last_matmul: bool) -> list[str]:
+    """The same choice in any graph that names its nodes as optimum or ORT GenAI's builder do
+    (the builder fuses q, k and v into qkv_proj), plus the LM head when ``last_matmul`` (as the
+    builder's ``last_matmul:int8``)."""
+    layers = set(sensitive_layers(n_layers))
+    out = [n.name for n in model.graph.node if n.op_type == "MatMul"
+           and (m := _SENSITIVE.search(n.name)) and int(m.group(1)) in layers]
+    if last_matmul:
+        out += [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name == "/lm_head/MatMul"]
+    return out
+
+
+def check_block_size(model_dir: Path, block_size: int) -> None:
+    """An int4 block must tile every MatMul's input dimension (hidden and intermediate size)."""
+    import math
+
+    cfg = _model_config(model_dir)
+    dims = [d for d in (cfg.get("hidden_size"), cfg.get("intermediate_size")) if d]
+    if dims and any(d % block_size for d in dims):
+        g = math.gcd(*dims)
+        valid = [b for b in (16, 32, 64, 128, 256) if g % b == 0]
+        raise ConfigError(f"export.quantize.int4_block_size {block_size} does not divide the model's "
+                          f"hidden/intermediate sizes {dims}.",
+                          hint=f"Valid block sizes here: {', '.join(map(str, valid)) or 'none of 16-256'}"
+                               f" (--set export.quantize.int4_block_size={valid[-1] if valid else 16}).")
+
+
+class TokenReader:
+    """onnxruntime's CalibrationDataReader over token sequences: every input of the graph for a
+    prefill of each sequence (input_ids, attention_mask, position_ids when the graph has them, and
+    an empty past for every KV-cache input), names and KV shapes read from the graph itself, so
+    optimum's and ORT GenAI's layouts both work."""
+
+    def __init__(self, model: "onnx.ModelProto", sequences: list[list[int]], model_dir: Path):
+        import numpy as np
+        from onnx import TensorProto
+
+        cfg = _model_config(model_dir)
+        heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        init = {i.name for i in model.graph.initializer}
+        self.feeds = []
+        inputs = [i for i in model.graph.input if i.name not in init]
+        for ids in sequences:
+            n, feed = len(ids), {}
+            for i in inputs:
+                t = i.type.tensor_type
+                if i.name == "input_ids":
+                    feed[i.name] = np.array([ids], dtype=np.int64)
+                elif i.name == "attention_mask":
+                    feed[i.name] = np.ones((1, n), dtype=np.int64)
+                elif i.name == "position_ids":
+                    feed[i.name] = np.arange(n, dtype=np.int64)[None]
+                elif i.name.startswith("past_key_values"):
+                    dims = [d.dim_value for d in t.shape.dim]
+                    shape = (1, dims[1] or heads, 0, dims[3] or head_dim)
+                    dtype = np.float16 if t.elem_type == TensorProto.FLOAT16 else np.float32
+                    feed[i.name] = np.zeros(shape, dtype=dtype)
+                else:
+                    raise ArtifactError(f"ONNX: GPTQ calibration cannot feed the graph input {i.name!r}.",
+                                        hint="Use --set export.quantize.algo=k_quant for this model.")
+            self.feeds.append(feed)
+        self._next = 0
+
+    def get_next(self) -> dict | None:
+        if self._next >= len(self.feeds):
+            return None
+        self._next += 1
+        return self.feeds[self._next - 1]
+
+    def __iter__(self):
+        return iter(self.get_next, None)
+
+
+def _gptq(model: "onnx.ModelProto", block_size: int, sensitive: list[str], reader: TokenReader):
+    """The sensitive MatMuls at 8 bits (round-to-nearest, symmetric, as today's mix), then GPTQ
+    at 4 bits over every MatMul left (ORT's GPTQ cannot exclude nodes itself; once the sensitive
+    ones are MatMulNBits it no longer sees them)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (GPTQWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    keep = set(sensitive)
+    rest = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
+    q8 = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
+                              accuracy_level=4, nodes_to_exclude=rest)
+    q8.process()
+    q4 = MatMulNBitsQuantizer(q8.model.model, bits=4, block_size=block_size, is_symmetric=False,
+                              accuracy_level=4,
+                              algo_config=GPTQWeightOnlyQuantConfig(calibration_data_reader=reader,
+                                                                    percdamp=0.01, block_size=128))
+    q4.process()
+    return q4.model
+
+
+def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: str = "rtn",
+             calibration: list[list[int]] | None = None, model_dir: Path | None = None,
+             last_matmul: bool = False) -> None:
     """model.onnx → dst, weight-only with onnxruntime's MatMulNBits quantizer (activations stay
     float, so accuracy holds where dynamic int8 lost most of it on a 135M student):
 
     - int8: every MatMul weight at 8 bits, ``block_size`` weights per scale;
-    - int4: 4 bits, with the sensitive MatMuls at 8 bits (llama.cpp's Q4_K_M mix; all-4-bit
-      lost half the demo student's exact-match score). Round-to-nearest: on the demo student ORT's
-      k-quant gave the same score (0.48) in 43 s against 10 s.
+    - int4: 4 bits, with the sensitive MatMuls (:func:`sensitive_nodes`) at 8 bits (llama.cpp's
+      Q4_K_M mix; all-4-bit lost half the demo student's exact-match score). ``algo``: rtn
+      (round-to-nearest, 10 s on the demo student), k_quant (43 s, same score there), or gptq
+      over the ``calibration`` token sequences (one full forward over them per distinct MatMul
+      input: ~4 per layer).
 
-    Large models keep their weights as external data beside dst."""
+    ``model_dir``: where config.json is (the layer count and KV shapes; default src's folder).
+    A quantized model over 2 GB keeps its weights as external data beside dst."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (MatMulNBitsQuantizer,
+    from onnxruntime.quantization.matmul_nbits_quantizer import (KQuantWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer,
                                                                  RTNWeightOnlyQuantConfig)
 
     if precision not in ("int8", "int4"):
         raise ArtifactError(f"ONNX: unknown precision {precision!r}; known: int8, int4.")
-    large = _external(src)
+    # its quantizer logs a line per node at INFO through a handler of its own
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model_dir = model_dir or src.parent
     model = onnx.load(str(src))
-    if precision == "int8":
-        quant = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=4)
-    else:
-        mixed = {name: {"bits": 8} for name in sensitive_matmuls(src.parent)}
-        quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
-                                     accuracy_level=4,
-                                     algo_config=RTNWeightOnlyQuantConfig(customized_weight_config=mixed))
-    quant.process()
-    proto = quant.model.model
+    # its RTN and GPTQ print a progress bar with print(): to stderr, stdout is the CLI's
+    with contextlib.redirect_stdout(sys.stderr):
+        if precision == "int8":
+            quant = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=4)
+            quant.process()
+            out = quant.model
+        else:
+            n_layers = int(_model_config(model_dir).get("num_hidden_layers") or 0)
+            sensitive = sensitive_nodes(model, n_layers, last_matmul)
+            if algo == "gptq":
+                if not calibration:
+                    raise ArtifactError("ONNX: GPTQ needs calibration sequences and got none.")
+                out = _gptq(model, block_size, sensitive, TokenReader(model, calibration, model_dir))
+            else:
+                mixed = {name: {"bits": 8} for name in sensitive}
+                config = (KQuantWeightOnlyQuantConfig if algo == "k_quant" else RTNWeightOnlyQuantConfig)(
+                    customized_weight_config=mixed)
+                quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
+                                             accuracy_level=4, algo_config=config)
+                quant.process()
+                out = quant.model
+        print(file=sys.stderr)  # ends the progress bar's line
+    proto = out.model
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         # ORT's weight-only quantizer emits MatMulNBits without declaring its domain (the checker refuses
         # such a file; onnxruntime itself does not mind)
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    quant.model.save_model_to_file(str(dst), use_external_data_format=large)
+    out.save_model_to_file(str(dst), use_external_data_format=proto.ByteSize() > _PROTO_LIMIT)
 
 
 def check(path: Path) -> None:

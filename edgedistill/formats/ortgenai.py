@@ -28,8 +28,10 @@ def supported_architectures() -> list[str]:
 
 
 def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
-          block_size: int = 32) -> None:
-    """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir."""
+          block_size: int = 32, algo: str = "k_quant") -> None:
+    """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir.
+    int4 with ``algo`` rtn or k_quant is the builder's own; GPTQ is :func:`quantize_package` over
+    an fp32 package."""
     arch = (json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])[0]
     supported = supported_architectures()
     if arch not in supported:
@@ -43,7 +45,7 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
         # mix). Exact match of two demo students (fp32 0.60 and 0.57): all-4-bit RTN 0.33; the
         # mix with RTN 0.47 and 0.37 (17 s); with k-quant 0.48 and 0.45 (54-64 s). The package
         # phones run is worth the extra seconds.
-        cmd += ["--extra_options", f"block_size={block_size}", "accuracy_level=4", "algo_config=k_quant",
+        cmd += ["--extra_options", f"block_size={block_size}", "accuracy_level=4", f"algo_config={algo}",
                 "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8"]
     log.info("building the ORT GenAI %s package from %s", precision, merged)
     with open(log_file, "w") as f:
@@ -52,6 +54,22 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
         raise ArtifactError(f"ORT GenAI: the model builder failed on {merged} "
                             f"(exit {proc.returncode}).",
                             hint=f"Its last output ({log_file}):\n{log_file.read_text()[-800:]}")
+
+
+def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]]) -> None:
+    """An fp32 package → int4 in place: its model.onnx through ONNX's GPTQ path with the builder's
+    own mix (the LM head and the sensitive layers' qkv/v/down projections at 8 bits), calibrated on
+    ``calibration``; genai_config.json still names model.onnx, with the graph's own input names."""
+    from edgedistill.formats import onnx as onnx_format
+
+    src, tmp = pkg / "model.onnx", pkg / "model.int4.onnx"
+    onnx_format.quantize(src, tmp, "int4", block_size, "gptq", calibration, model_dir=merged,
+                         last_matmul=True)
+    for p in list(pkg.iterdir()):
+        if p.name.startswith("model.onnx"):
+            p.unlink()
+    tmp.replace(src)  # a model over 2 GB keeps model.int4.onnx.data, the name its graph gives
+    log.info("ORT GenAI int4 (GPTQ) package in %s", pkg)
 
 
 def _og_ids(pkg: Path, texts: list[str]) -> list[list[int]]:

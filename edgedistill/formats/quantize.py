@@ -1,66 +1,224 @@
 """``edgedistill quantize RUN``: the exports quantized as the recipe's export.quantize says (ONNX
 int8/int4 weight-only, ORT GenAI int4, any GGUF type llama.cpp names), each a manifest stage of its
-own with its parity numbers."""
+own with its parity numbers and its quantization loss (:mod:`.quant_loss`).
+
+With ``calibration`` task or text:FILE, two stages come first: ``quantize:calibration`` (the
+samples, checked against the eval split before anything is written: :mod:`.calibration`) and,
+when a GGUF type uses one, ``quantize:imatrix`` (RUN/export/calibration/imatrix.gguf). Every
+artifact that calibration can change (GGUF types that read an importance matrix; int4 with
+``algo: gptq``) is then built twice, without and with the data, and the calibrated one is kept
+only when its KL divergence from the merged student at the eval answers is lower. Both
+measurements are recorded (``quant_loss_candidates``).
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from edgedistill.artifacts import list_artifacts
 from edgedistill.errors import EdgeDistillError
-from edgedistill.formats.export import build_ortgenai
+from edgedistill.formats import calibration as calib
 from edgedistill.formats.jobs import Job, place, raise_failures, record_artifact, run_all, scratch_dir, settings
 from edgedistill.formats.parity import Checker
+from edgedistill.formats.quant_loss import Reference, measure
 from edgedistill.registry import FORMATS
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
 
 
-def _quantize_onnx(run: Run, stage: Any, par: Checker, precision: str) -> None:
-    from edgedistill.formats import onnx
+class Context:
+    """What one command's quantize jobs share, each made on first use: the parity reference, the
+    quantization-loss reference, the calibration samples."""
 
-    src = run.onnx_dir / "model.onnx"
-    scratch = scratch_dir(run, f"onnx-{precision}")
+    def __init__(self, run: Run, par: Checker | None = None):
+        self.run, self.par, self.loss = run, par or Checker(run), Reference(run)
+        q = run.recipe.export.quantize
+        self.spec = q.calibration if calib.available(run, q.calibration) else "none"
+        self.cal_dir = run.export_dir / "calibration"
+        self._cal: calib.Calibration | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.spec != "none"
+
+    @property
+    def cal_file(self) -> Path:
+        return self.cal_dir / "calibration.json"
+
+    @property
+    def imatrix_file(self) -> Path:
+        return self.cal_dir / "imatrix.gguf"
+
+    def samples(self) -> calib.Calibration:
+        if self._cal is None:
+            self._cal = calib.load(self.cal_file)
+        return self._cal
+
+    def loss_inputs(self) -> list[Path]:
+        return [self.run.eval_data] if self.run.eval_data.exists() else []
+
+
+# --- calibration stages ---------------------------------------------------------------------------
+
+CALIBRATION_STAGES = ("quantize:calibration", "quantize:imatrix")
+
+
+def _calibration(ctx: Context, stage: Any) -> None:
+    run, q = ctx.run, ctx.run.recipe.export.quantize
+    cal = calib.build(run, ctx.spec, q.calibration_samples, run.recipe.train.max_length)
+    ctx.cal_dir.mkdir(parents=True, exist_ok=True)
+    calib.save(cal, stage.output(ctx.cal_file))
+    ctx._cal = cal
+    stage.metrics["calibration"] = cal.record()
+    log.info("calibration: %d samples, %d tokens from %s (sha256 %s…)", len(cal.ids), cal.tokens,
+             cal.source, cal.sha256[:12])
+
+
+def _imatrix(ctx: Context, stage: Any) -> None:
+    from edgedistill.formats.variants import make_imatrix
+
+    cal = ctx.samples()
+    cover = make_imatrix(ctx.run, cal.ids, cal.source, stage.output(ctx.imatrix_file))
+    stage.metrics["imatrix"] = {**cover, "calibration_sha256": cal.sha256}
+    log.info("importance matrix: %d of %d matrix weights from %d tokens", cover["entries"],
+             cover["matrix_weights"], cover["tokens"])
+
+
+# --- one artifact: its candidates, the one kept --------------------------------------------------
+
+Build = Callable[[Path], tuple[Path, dict[str, Any]]]  # scratch dir → (artifact path, extras)
+
+
+def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
+          candidates: list[tuple[str, Build]]) -> tuple[Path, Path, dict[str, Any]]:
+    """Build each (calibration label, build) candidate in scratch space and measure its loss;
+    keep the calibrated one only when its answer-position KLD is lower than the first's. Returns
+    (scratch dir, artifact path, extras) of the kept one; records both measurements."""
+    kind = FORMATS[fmt].kind
+    built = []
     try:
-        name = f"model_{precision}.onnx"
-        onnx.quantize(src, scratch / name, precision, run.recipe.export.quantize.int4_block_size)
-        onnx.check(scratch / name)
-        for p in run.onnx_dir.iterdir():  # the tokenizer beside the model, for the parity run
-            if p.is_file() and not p.name.startswith((".", "model")):
-                (scratch / p.name).symlink_to(p)
-        result = par.check(f"onnx-{precision}", "onnx", scratch / name, exact=False)
-        names = sorted(p.name for p in scratch.iterdir() if p.name.startswith(name))
-        files = place(stage, scratch, run.onnx_dir, names)
-        record_artifact(stage, "onnx", precision, run.onnx_dir / name, files, result,
-                  block_size=run.recipe.export.quantize.int4_block_size if precision == "int4"
-                  else None)
+        for label, build in candidates:
+            scratch = scratch_dir(ctx.run, f"{fmt}-{precision}-{label.partition(':')[0]}")
+            path, extra = build(scratch)
+            built.append((label, scratch, path, extra, measure(ctx.loss, kind, path, label)))
+        kept = built[0]
+        for cand in built[1:]:
+            if kept[4] is None or cand[4] is None or cand[4]["kld"] < kept[4]["kld"]:
+                kept = cand
+    except BaseException:
+        for b in built:
+            shutil.rmtree(b[1], ignore_errors=True)
+        raise
+    for b in built:
+        if b is not kept:
+            shutil.rmtree(b[1], ignore_errors=True)
+    label, scratch, path, extra, loss = kept
+    stage.metrics["quant_loss"] = loss
+    if len(built) > 1:
+        stage.metrics["quant_loss_candidates"] = {b[0]: b[4] for b in built}
+        log.info("%s-%s: kept %s (answer KLD %s; candidates %s)", fmt, precision, label,
+                 loss and loss["kld"], {b[0]: b[4] and b[4]["kld"] for b in built})
+    if label != "none":
+        extra = {**extra, "calibration": ctx.samples().record()}
+    return scratch, path, {**extra, "calibration_source": label}
+
+
+def _finish(ctx: Context, stage: Any, fmt: str, precision: str, scratch: Path, path: Path,
+            extra: dict[str, Any], dest: Path) -> None:
+    """Parity of the kept candidate, then its files into place and the artifact recorded."""
+    try:
+        result = ctx.par.check(f"{fmt}-{precision}", FORMATS[fmt].kind, path, exact=False)
+        if fmt == "ortgenai":
+            shutil.move(str(path), str(stage.output(dest)))
+            files = [dest]
+        else:
+            names = sorted(p.name for p in scratch.iterdir() if p.name.startswith(path.name))
+            files = place(stage, scratch, dest.parent, names)
+        record_artifact(stage, fmt, precision, dest, files, result, **extra)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _quantize_gguf(run: Run, stage: Any, par: Checker, qtype: str) -> None:
-    from edgedistill.formats import gguf
+def _quantize_gguf(ctx: Context, stage: Any, qtype: str, calibrated: bool) -> None:
+    from edgedistill.formats.variants import gguf_variant
 
-    exp = run.recipe.export
-    src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
-    final = run.gguf_dir / f"model-{qtype.lower()}.gguf"
-    tmp = stage.output(final)
-    log_file = run.logs_dir / f"gguf-quantize-{qtype.lower()}.log"
+    run, q = ctx.run, qtype.lower()
+    log_file = run.logs_dir / f"gguf-quantize-{q}.log"
     log_file.unlink(missing_ok=True)
-    gguf.quantize(src, tmp, qtype, log_file=log_file)
-    result = par.check(f"gguf-{qtype.lower()}", "gguf", tmp, exact=False)
-    record_artifact(stage, "gguf", qtype.lower(), final, [final], result,
-              llama_cpp_version=f"llama-cpp-python {gguf.llama_cpp_python_version()}",
-              quantized_from=run.rel(src))
+
+    def build(imatrix: Path | None) -> Build:
+        return lambda scratch: (scratch / f"model-{q}.gguf",
+                                gguf_variant(run, q, scratch / f"model-{q}.gguf", imatrix, log_file))
+
+    from edgedistill.formats.gguf import NEEDS_IMATRIX
+
+    cands = [] if q in NEEDS_IMATRIX and calibrated else [("none", build(None))]
+    if calibrated:
+        cands.append((ctx.spec, build(ctx.imatrix_file)))
+    scratch, path, extra = _keep(ctx, stage, "gguf", q, cands)
+    _finish(ctx, stage, "gguf", q, scratch, path, extra, run.gguf_dir / f"model-{q}.gguf")
 
 
-def quantize_jobs(run: Run, par: Checker, failures: list[str]) -> list[Job]:
-    """One job per quantized artifact the recipe asks for; a missing source export is a failure."""
-    exp = run.recipe.export
-    block = exp.quantize.int4_block_size
+def _quantize_onnx(ctx: Context, stage: Any, precision: str, calibrated: bool) -> None:
+    from edgedistill.formats.variants import int4_algo, onnx_variant
+
+    run, algo = ctx.run, run_algo(ctx)
+
+    def build(label: str) -> Build:
+        def go(scratch: Path) -> tuple[Path, dict[str, Any]]:
+            a = int4_algo("onnx", algo, label != "none") if precision == "int4" else None
+            ids = ctx.samples().select_tokens(run.recipe.export.quantize.gptq_max_tokens) \
+                if a == "gptq" else None
+            path = onnx_variant(run, precision, scratch, a or "rtn", ids)
+            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a} \
+                if precision == "int4" else {}
+            return path, extra
+        return go
+
+    cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])
+    scratch, path, extra = _keep(ctx, stage, "onnx", precision, cands)
+    _finish(ctx, stage, "onnx", precision, scratch, path, extra, run.onnx_dir / path.name)
+
+
+def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: bool) -> None:
+    from edgedistill.formats.variants import int4_algo, ortgenai_variant
+
+    run, algo = ctx.run, run_algo(ctx)
+    run.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def build(label: str) -> Build:
+        def go(scratch: Path) -> tuple[Path, dict[str, Any]]:
+            a = int4_algo("ortgenai", algo, label != "none")
+            ids = ctx.samples().select_tokens(run.recipe.export.quantize.gptq_max_tokens) \
+                if a == "gptq" else None
+            pkg = scratch / precision
+            extra = ortgenai_variant(run, pkg, a, ids, run.logs_dir / f"ortgenai-{precision}.log")
+            return pkg, {**extra, "block_size": run.recipe.export.quantize.int4_block_size, "algo": a}
+        return go
+
+    cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])
+    scratch, path, extra = _keep(ctx, stage, "ortgenai", precision, cands)
+    _finish(ctx, stage, "ortgenai", precision, scratch, path, extra, run.ortgenai_dir / precision)
+
+
+def run_algo(ctx: Context) -> str:
+    return ctx.run.recipe.export.quantize.algo
+
+
+# --- the job list ----------------------------------------------------------------------------------
+
+def quantize_jobs(run: Run, par: Checker, failures: list[str], ctx: Context | None = None) -> list[Job]:
+    """One job per quantized artifact the recipe asks for, after the calibration stages they
+    need; a missing source export is a failure."""
+    from edgedistill.formats.gguf import IGNORES_IMATRIX
+
+    exp, ctx = run.recipe.export, ctx or Context(run, par)
+    q = exp.quantize
+    block, cal = q.int4_block_size, ctx.calibrated
     jobs: list[Job] = []
 
     def needs(fmt: str) -> bool:
@@ -73,32 +231,61 @@ def quantize_jobs(run: Run, par: Checker, failures: list[str]) -> list[Job]:
             failures.append(f"quantize {fmt}: {e}")
             return False
 
-    if exp.quantize.onnx and needs("onnx"):
-        for p in exp.quantize.onnx:
-            jobs.append((f"quantize:onnx-{p}", [run.merged_dir, run.onnx_dir / "model.onnx"],
-                         settings(run, block_size=block if p == "int4" else None),
-                         lambda stage, p=p: _quantize_onnx(run, stage, par, p)))
-    if "ortgenai" in exp.formats:
-        for p in exp.quantize.ortgenai:
-            if p != FORMATS["ortgenai"].full_precision:  # fp32 is the export itself
-                jobs.append((f"quantize:ortgenai-{p}", [run.merged_dir],
-                             settings(run, block_size=block if p == "int4" else None),
-                             lambda stage, p=p: build_ortgenai(run, stage, par, p)))
-    if exp.quantize.gguf and needs("gguf"):
+    gguf_types = [t.lower() for t in q.gguf] if q.gguf and needs("gguf") else []
+    gguf_cal = [t for t in gguf_types if cal and t not in IGNORES_IMATRIX]
+    int4_cal = cal and q.algo == "gptq" and (
+        ("int4" in q.onnx and "onnx" in exp.formats) or ("int4" in q.ortgenai and "ortgenai" in exp.formats))
+    cal_settings = {"calibration": ctx.spec, "samples": q.calibration_samples,
+                    "max_length": run.recipe.train.max_length}
+    if gguf_cal or int4_cal:
+        jobs.append(("quantize:calibration",
+                     [run.merged_dir, *calib.source_files(run, ctx.spec), *ctx.loss_inputs()],
+                     cal_settings, lambda stage: _calibration(ctx, stage)))
+    if gguf_cal:
         src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
-        for q in exp.quantize.gguf:
-            jobs.append((f"quantize:gguf-{q.lower()}", [run.merged_dir, src], settings(run),
-                         lambda stage, q=q: _quantize_gguf(run, stage, par, q)))
+        jobs.append(("quantize:imatrix", [run.merged_dir, ctx.cal_file, src], cal_settings,
+                     lambda stage: _imatrix(ctx, stage)))
+    loss_in = ctx.loss_inputs()
+    if q.onnx and needs("onnx"):
+        for p in q.onnx:
+            c = int4_cal and p == "int4"
+            jobs.append((f"quantize:onnx-{p}",
+                         [run.merged_dir, run.onnx_dir / "model.onnx", *loss_in] + ([ctx.cal_file] if c else []),
+                         settings(run, block_size=block if p == "int4" else None,
+                                  algo=q.algo if p == "int4" else None,
+                                  calibration=cal_settings if c else None, gptq_max_tokens=q.gptq_max_tokens if c else None),
+                         lambda stage, p=p, c=c: _quantize_onnx(ctx, stage, p, c)))
+    if "ortgenai" in exp.formats:
+        for p in q.ortgenai:
+            if p != FORMATS["ortgenai"].full_precision:  # fp32 is the export itself
+                c = int4_cal
+                jobs.append((f"quantize:ortgenai-{p}", [run.merged_dir, *loss_in] + ([ctx.cal_file] if c else []),
+                             settings(run, block_size=block, algo=q.algo,
+                                      calibration=cal_settings if c else None,
+                                      gptq_max_tokens=q.gptq_max_tokens if c else None),
+                             lambda stage, p=p, c=c: _quantize_ortgenai(ctx, stage, p, c)))
+    if gguf_types:
+        src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
+        for t in gguf_types:
+            c = t in gguf_cal
+            jobs.append((f"quantize:gguf-{t}", [run.merged_dir, src, *loss_in] + ([ctx.imatrix_file] if c else []),
+                         settings(run, calibration=cal_settings if c else None),
+                         lambda stage, t=t, c=c: _quantize_gguf(ctx, stage, t, c)))
     return jobs
 
 
 def quantize(run: Run, *, force: bool = False) -> None:
     """Quantize the exports as the recipe's export.quantize says (ONNX int8/int4, ORT GenAI int4,
-    GGUF q8_0/q4_k_m/... — any type llama.cpp names)."""
+    GGUF q8_0/q4_k_m/... — any type llama.cpp names), calibrated on the train split when asked."""
     run.require("merge", needed_by="quantize")
+    ctx = Context(run)
+    if ctx.calibrated:  # before anything is written: the calibration data must not hold eval prompts
+        calib.check_no_leak(run, ctx.spec)
     failures: list[str] = []
-    jobs = quantize_jobs(run, Checker(run), failures)
-    failures += run_all(jobs, run, force)
+    jobs = quantize_jobs(run, ctx.par, failures, ctx)
+    first = [j for j in jobs if j[0] in CALIBRATION_STAGES]  # what the artifacts read: stop if it fails
+    raise_failures(run_all(first, run, force), run)
+    failures += run_all([j for j in jobs if j[0] not in CALIBRATION_STAGES], run, force)
     raise_failures(failures, run)
     log.info("artifacts in %s: %s", run.export_dir,
              ", ".join(a["id"] for a in list_artifacts(run)) or "none")

@@ -75,7 +75,9 @@ def tradeoff_plot(data: dict[str, Any]) -> str | None:
     arts = [a for a in data["artifacts"] if a.get("retention") is not None and a.get("bytes")]
     if not arts:
         return None
-    targets = sorted({t for a in arts for t, b in a["bench"].items() if _pct(b.get("decode_tokens_per_s"))})
+    # measured on the target only: a host's speed is never plotted as a device's
+    targets = sorted({t for a in arts for t, b in a["bench"].items()
+                      if _pct(b.get("decode_tokens_per_s")) and b.get("on_target", True)})
     fig, axes = plt.subplots(1, 2 if targets else 1, figsize=(12 if targets else 6, 4.4), squeeze=False)
     ax = axes[0][0]
     _scatter(ax, [(a["bytes"] / 1e6, a["retention"]) for a in arts], [a["id"] for a in arts], True, "o", "")
@@ -87,7 +89,8 @@ def tradeoff_plot(data: dict[str, Any]) -> str | None:
     if targets:
         ax = axes[0][1]
         for t, marker in zip(targets, "os^Dv<>"):
-            sel = [a for a in arts if _pct((a["bench"].get(t) or {}).get("decode_tokens_per_s"))]
+            sel = [a for a in arts if _pct((a["bench"].get(t) or {}).get("decode_tokens_per_s"))
+                   and a["bench"][t].get("on_target", True)]
             _scatter(ax, [(a["bench"][t]["decode_tokens_per_s"]["p50"], a["retention"]) for a in sel],
                      [a["id"] for a in sel], False, marker, t)
         ax.set(xlabel="decode tokens/s (p50)", ylabel="retention", title="Decode speed vs retention")
@@ -126,15 +129,53 @@ def latency_plot(data: dict[str, Any]) -> str | None:
 # tables
 
 
+def _interval(ci: Any) -> str:
+    from edgedistill.report.gates import interval
+
+    return interval(ci) if ci else "–"
+
+
+def _retention(a: dict[str, Any]) -> str:
+    """Retention with its 95% interval and n: ``0.923 [0.87, 0.97] n=120``."""
+    if a.get("retention") is None:
+        return "–"
+    ci = f" {_interval(a['retention_ci95'])}" if a.get("retention_ci95") else ""
+    n = f" n={a['eval_n']}" if a.get("eval_n") is not None else ""
+    return f"{_fmt(a['retention'])}{ci}{n}"
+
+
+LADDER_HEAD = ["rung", "model / path", "score", "score 95% CI", "retention", "retention 95% CI", "n"]
+
+
 def _ladder_rows(data: dict[str, Any]) -> list[list[str]]:
     rows = []
-    for label, key in (("teacher", "teacher"), ("student (before)", "student_base"),
-                       ("student (merged)", "student_merged")):
-        r = data[key]
-        rows.append([label, str(r["model"]), _fmt(r["score"]), _fmt(r.get("retention"))])
-    for a in data["artifacts"]:
-        rows.append([a["id"], str(a["path"]), _fmt(a["score"]), _fmt(a["retention"])])
+    named = [(label, data[key]) for label, key in (("teacher", "teacher"), ("student (before)", "student_base"),
+                                                   ("student (merged)", "student_merged"))]
+    for label, r in named + [(a["id"], {**a, "model": a["path"]}) for a in data["artifacts"]]:
+        rows.append([label, str(r["model"]), _fmt(r.get("score")), _interval(r.get("score_ci95")),
+                     _fmt(r.get("retention")), _interval(r.get("retention_ci95")), _fmt(r.get("eval_n"))])
     return rows
+
+
+def _verdict(gates: dict[str, Any]) -> str:
+    v = gates.get("verdict") or ("pass" if gates.get("passed") else "fail")
+    names = ", ".join(sorted({f["gate"] + (f" on {f['target']}" if f.get("target") else "")
+                              for f in gates.get("failed", []) + gates.get("indeterminate", [])}))
+    mark = {"pass": "✓ pass", "fail": "✗ fail", "indeterminate": "? indeterminate"}[v]
+    counted = " (counted as pass)" if v == "indeterminate" and gates.get("passed") else ""
+    return f"{mark}{counted}" + (f": {names}" if names else "")
+
+
+def _speed(b: dict[str, Any]) -> str:
+    """Decode tokens/s p50 on the target; measured elsewhere, the target's predicted bound first."""
+    if b.get("error"):
+        return f"error: {b['error']}"
+    measured = _fmt(_pct(b.get("decode_tokens_per_s")))
+    if b.get("on_target", True):
+        return measured
+    host = (b.get("measured_on") or {}).get("hostname")
+    pred = b.get("predicted_decode_tokens_per_s")
+    return (f"≤{_fmt(pred)} predicted" if pred is not None else "no prediction") + f" (host {host}: {measured})"
 
 
 def _artifact_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -144,20 +185,22 @@ def _artifact_rows(data: dict[str, Any]) -> list[list[str]]:
         agree = parity.get("greedy_token_agreement") if isinstance(parity, dict) else None
         benches = a["bench"] or {"–": {}}
         for t, b in benches.items():
-            speed = _fmt(_pct(b.get("decode_tokens_per_s")))
-            if b.get("predicted_decode_tokens_per_s"):
-                speed += f" (pred. ≤{_fmt(b['predicted_decode_tokens_per_s'])} on target)"
-            rows.append([a["id"], _fmt(a["bytes"] / 1e6 if a.get("bytes") else None), _fmt(a["retention"]),
-                         _fmt(agree), t, b.get("error") and f"error: {b['error']}" or speed,
-                         _fmt(_pct(b.get("ttft_ms"))), _fmt(_pct(b.get("ttft_ms"), "p90")),
-                         _fmt(_pct(b.get("token_latency_ms"), "p99")), _fmt(b.get("peak_rss_mb")),
-                         _fmt(b.get("roofline_fraction")),
-                         "✓" if a["gates"]["passed"] else "✗ " + ", ".join(sorted({f["gate"] for f in a["gates"]["failed"]}))])
+            off = b and not b.get("on_target", True)
+            rss = _fmt(b.get("predicted_peak_rss_mb") if off else b.get("peak_rss_mb")) + (" predicted" if off else "")
+            kld = (a.get("quant_loss") or {}).get("kld")
+            host = " (host)" if off and not b.get("error") else ""  # not the target's: no prediction
+            rows.append([a["id"], _fmt(a["bytes"] / 1e6 if a.get("bytes") else None), _retention(a),
+                         _fmt(agree), _fmt(kld, 3), t, _speed(b) if b else "–",
+                         _fmt(_pct(b.get("ttft_ms"))) + host, _fmt(_pct(b.get("ttft_ms"), "p90")) + host,
+                         _fmt(_pct(b.get("token_latency_ms"), "p99")) + host, rss if b else "–",
+                         _fmt(b.get("roofline_fraction")) if b.get("roofline_fraction") is not None or
+                         not b.get("roofline_note") else "n/a (>1)",
+                         _verdict(a["gates"])])
     return rows
 
 
-ART_HEAD = ["artifact", "MB", "retention", "parity", "target", "tok/s p50", "TTFT p50 ms", "TTFT p90 ms",
-            "lat p99 ms", "peak RSS MB", "roofline", "gates"]
+ART_HEAD = ["artifact", "MB", "retention [95% CI] n", "parity", "KLD", "target", "tok/s p50", "TTFT p50 ms",
+            "TTFT p90 ms", "lat p99 ms", "peak RSS MB", "roofline", "gates"]
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -170,34 +213,55 @@ def _where(data: dict[str, Any]) -> list[str]:
     lines = []
     for t, v in data["targets"].items():
         host = v.get("measured_on") or {}
+        device = v.get("device") or {}
+        wants = f"accelerators: {', '.join(v.get('accelerators') or []) or 'none'}"
         if not v["benched"]:
-            lines.append(f"{t}: not benched")
+            lines.append(f"{t}: not benched{' (asked for by the recipe)' if v.get('asked') else ''}; {wants}")
             continue
-        honest = "on the target" if v["on_target"] else "NOT on the target: the host's figures"
-        lines.append(f"{t}: measured on {host.get('hostname')} ({host.get('arch')}, {host.get('cpu')}), "
-                     f"{honest}; smallest artifact passing every gate: {v['smallest_passing'] or 'none'}")
+        why = "; ".join(v.get("not_on_target_because") or [])
+        honest = "on the target" if v["on_target"] else (
+            f"measured_on: {host.get('hostname')}, not the target ({why}); the target's figures are predicted")
+        has = ", ".join(host.get("accelerators") or []) or "none"
+        lines.append(f"{t} ({device.get('description') or device.get('arch') or ''}; {wants}): measured on "
+                     f"{host.get('hostname')} ({host.get('arch')}, {host.get('cpu')}, {host.get('cores_logical')} "
+                     f"cores, {host.get('ram_mb')} MB, accelerators: {has}), {honest}; smallest artifact "
+                     f"passing every gate: {v['smallest_passing'] or 'none'}")
     return lines
 
 
-def render_markdown(data: dict[str, Any]) -> str:
+def _gate_lines(data: dict[str, Any]) -> list[str]:
     from edgedistill.report.gates import describe
 
+    g = data["gates"]
+    head = {"pass": "**All gates passed.**",
+            "fail": "**Verdict: fail.**",
+            "indeterminate": "**Verdict: indeterminate** (a limit lies inside its 95% interval; "
+                             f"gates.on_indeterminate: {g.get('on_indeterminate', 'fail')}, so the check "
+                             f"{'passes' if g['passed'] else 'fails'})."}[g.get("verdict") or
+                                                                         ("pass" if g["passed"] else "fail")]
+    out = [head, ""]
+    if g["failed"]:
+        out += ["Failed:", "", *[f"- {describe(f)}" for f in g["failed"]], ""]
+    if g.get("indeterminate"):
+        out += ["Indeterminate:", "", *[f"- {describe(f)}" for f in g["indeterminate"]], ""]
+    return out
+
+
+def render_markdown(data: dict[str, Any]) -> str:
     ref = data.get("reference") or "n/a"
     parts = [
         f"# edgedistill report — {data['run_dir']}", "",
         f"Task `{data['task']}`, metric `{data['metric']}` against **{ref}** answers "
         f"(n = {_fmt(data['eval']['n'])}). Recipe: `{data['recipe']}`.", "",
         "## Retention ladder", "",
-        _md_table(["rung", "model / path", data["metric"], "retention"], _ladder_rows(data)), "",
+        _md_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data)), "",
         "## Artifacts", "", _md_table(ART_HEAD, _artifact_rows(data)), "",
         "## Targets", "", *[f"- {line}" for line in _where(data)], "",
         "## Gates", "",
         "Limits: " + (", ".join(f"`{k}` = {v}" for k, v in data["gate_limits"].items() if v is not None)
                       or "none set"),
         "",
-        "**All gates passed.**" if data["gates"]["passed"] else
-        "**Failed:**\n\n" + "\n".join(f"- {describe(f)}" for f in data["gates"]["failed"]),
-        "",
+        *_gate_lines(data),
         *_unchecked_lines(data),
         *_seed_lines(data),
     ]
@@ -266,9 +330,14 @@ def render_html(data: dict[str, Any]) -> str:
     plots = [(tradeoff_plot(data), "Size and decode speed against retention"),
              (latency_plot(data), "Latency percentiles per target")]
     imgs = "".join(f'<h2>{e(t)}</h2><img alt="{e(t)}" src="data:image/png;base64,{p}">' for p, t in plots if p)
-    gates = ('<p class="ok"><b>All gates passed.</b></p>' if data["gates"]["passed"] else
-             '<p class="bad"><b>Failed gates:</b></p><ul>' +
-             "".join(f"<li>{e(describe(f))}</li>" for f in data["gates"]["failed"]) + "</ul>")
+    g = data["gates"]
+    accepted = " (gates.on_indeterminate: pass)" if g.get("verdict") == "indeterminate" and g["passed"] else ""
+    gates = (f'<p class="{"ok" if g["passed"] else "bad"}"><b>Verdict: {e(g.get("verdict") or "")}</b>{accepted}</p>' +
+             ("<p>Failed gates:</p><ul>" + "".join(f"<li>{e(describe(f))}</li>" for f in g["failed"]) + "</ul>"
+              if g["failed"] else "") +
+             ("<p>Indeterminate gates (the limit lies inside the 95% interval):</p><ul>" +
+              "".join(f"<li>{e(describe(f))}</li>" for f in g.get("indeterminate", [])) + "</ul>"
+              if g.get("indeterminate") else ""))
     unchecked = "".join(f"<p>{e(line)}</p>" for line in _unchecked_lines(data) if line)
     sd = _seed(data)
     seed = (f"<h2>Seed headline, measured</h2><p>{e(sd[0])}</p>{_html_table(SEED_HEAD, sd[1])}"
@@ -278,7 +347,7 @@ def render_html(data: dict[str, Any]) -> str:
 <h1>edgedistill report</h1><p>{e(data['run_dir'])} — task <code>{e(data['task'])}</code>, metric
 <code>{e(data['metric'])}</code> against <b>{e(str(data.get('reference') or 'n/a'))}</b> answers
 (n = {e(_fmt(data['eval']['n']))}).</p>
-<h2>Retention ladder</h2>{_html_table(["rung", "model / path", data["metric"], "retention"], _ladder_rows(data))}
+<h2>Retention ladder</h2>{_html_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data))}
 <h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
 <h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>
 <h2>Gates</h2>{gates}{unchecked}

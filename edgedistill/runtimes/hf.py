@@ -21,6 +21,9 @@ class HFRuntime(Runtime):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from edgedistill.integrity import check_safetensors
+
+        check_safetensors(path, "the model")  # corrupt weights: an ArtifactError, not a traceback
         if threads:
             torch.set_num_threads(threads)
         self.path = path

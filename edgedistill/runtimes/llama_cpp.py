@@ -58,6 +58,7 @@ class LlamaCppRuntime(Runtime):
         self._eog: list[int] | None = None
         self._ctx = self.llm._ctx.ctx
         self._one = (llama_cpp.llama_token * 1)()  # the decode loop's one-token batch, reused
+        self._all_batch = None  # logits(): a batch with an output per token, made on first use
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -131,14 +132,34 @@ class LlamaCppRuntime(Runtime):
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
     def logits(self, ids: list[int]) -> "np.ndarray":
+        """Every position's logits [len(ids), n_vocab]: the ids decoded in batches of n_batch
+        tokens with an output requested for each (one pass, as llama.cpp's perplexity tool does)."""
         import numpy as np
 
+        lc = self._llama_cpp
         self._reset()
-        rows = []
-        for tok in ids:  # one decode per token: the context keeps only the last row of logits
-            self._decode([tok])
-            rows.append(self._last_logits().copy())
-        return np.stack(rows).astype(np.float32)
+        step = self.llm.n_batch
+        if self._all_batch is None:
+            self._all_batch = lc.llama_batch_init(step, 0, 1)
+        batch, rows = self._all_batch, []
+        for start in range(0, len(ids), step):
+            chunk = ids[start:start + step]
+            for i, tok in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, start + i, 1, 1
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = len(chunk)
+            rc = lc.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise ArtifactError(f"llama.cpp could not decode {len(ids)} tokens with "
+                                    f"{self.path.name} (llama_decode returned {rc}; context "
+                                    f"{self.llm.n_ctx()} tokens).",
+                                    hint="Shorten the sequence or raise the context.")
+            out = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
+            rows.append(out.astype(np.float32, copy=True))
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab), np.float32)
 
     def close(self) -> None:
+        if self._all_batch is not None:
+            self._llama_cpp.llama_batch_free(self._all_batch)
+            self._all_batch = None
         self.llm.close()

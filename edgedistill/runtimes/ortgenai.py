@@ -84,14 +84,14 @@ class OrtGenAIRuntime(Runtime):
         return self.tokenizer.decode(ids) if ids else ""
 
     def logits(self, ids: list[int]) -> "np.ndarray":
+        """Every position's logits: after one append of all ids, the decoder's ``logits`` output
+        holds a row per position (``get_logits`` would give the last one only)."""
         import numpy as np
 
         gen = self._generator(len(ids), 1, ignore_eos=True)
-        rows = []
-        for tok in ids:  # one token at a time: get_logits returns the last position's row
-            gen.append_tokens([tok])
-            rows.append(np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1))
-        return np.stack(rows)
+        gen.append_tokens(ids)
+        out = np.asarray(gen.get_output("logits"), dtype=np.float32)
+        return out.reshape(len(ids), -1)
 
     def close(self) -> None:
         del self.tokenizer, self.model

@@ -57,6 +57,9 @@ def student_path(run: Run) -> str:
             raise ConfigError(f"student.model {p} is not a Hugging Face model directory (no config.json).",
                               hint=f"It holds: {have or 'nothing'}. Point it at a directory written by "
                                    "save_pretrained, a .gguf file, or a hub id.")
+        from edgedistill.integrity import check_safetensors
+
+        check_safetensors(p, f"student.model {p}")
         return str(p.resolve())
     return _cached_hub_model(ref)
 
@@ -93,6 +96,9 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     record = out / IMPORT_RECORD
     if record.is_file() and json.loads(record.read_text()).get("source") == source:
         return out
+    from edgedistill.integrity import check_gguf
+
+    check_gguf(gguf, f"student.model {gguf}")  # a truncated file: exit 2, not transformers' traceback
     log.info("importing %s into %s (dequantizing; ~30 s for 135M parameters on 2 cores)", gguf.name, out)
     t0 = time.time()
     tmp = out.with_name(f".{out.name}.partial")

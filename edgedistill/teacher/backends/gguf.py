@@ -1,15 +1,15 @@
-"""A local GGUF teacher through llama-cpp-python, in-process, one request at a time (llama.cpp
-has one context; concurrency would only interleave). ``teacher.model`` is a GGUF path or
-``pypi:NAME`` (see ``edgedistill models list``)."""
+"""A local GGUF teacher through llama-cpp-python, in-process, with batched decoding across
+sequences (``teacher.concurrency`` at once). ``teacher.model`` is a GGUF path or ``pypi:NAME``
+(see ``edgedistill models list``)."""
 
 from __future__ import annotations
 
+import json
 import logging
-import time
 from pathlib import Path
 
 from edgedistill.config import TeacherConfig
-from edgedistill.errors import ConfigError, NotAvailable
+from edgedistill.errors import ArtifactError, ConfigError, NotAvailable
 from edgedistill.teacher import Answer, Request, Sink, compact_logprobs
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,9 @@ def gguf_path(ref: str) -> Path:
             f"teacher.model {ref!r} is not a GGUF file.",
             hint="Give the path of a .gguf file, or a packaged model such as "
             "pypi:smollm2-135m-instruct (`edgedistill models list`).")
+    from edgedistill.integrity import check_gguf
+
+    check_gguf(path, f"teacher.model {ref}")  # a truncated file: exit 2 before llama.cpp sees it
     return path
 
 
@@ -35,41 +38,66 @@ def load_llama(path: Path, cfg: TeacherConfig):
                            hint="Install it with scripts/install.sh (it compiles llama.cpp).") from None
     from edgedistill.runtimes.llama_cpp import settings
 
-    return Llama(model_path=str(path), seed=cfg.seed if cfg.seed is not None else 0,
-                 logits_all=bool(cfg.logprobs), verbose=False, **settings(n_ctx=cfg.n_ctx))
+    try:
+        return Llama(model_path=str(path), seed=cfg.seed if cfg.seed is not None else 0,
+                     logits_all=bool(cfg.logprobs), verbose=False, **settings(n_ctx=cfg.n_ctx))
+    except ValueError as e:  # llama-cpp-python's way of saying llama.cpp refused the file
+        raise ArtifactError(f"teacher.model: llama.cpp cannot load {path}: {e}",
+                            hint="The file is corrupt or not a model llama.cpp supports.") from None
+
+
+def _jobs(rt, cfg: TeacherConfig, requests: list[Request], sink: Sink) -> tuple[list, dict]:
+    """One job per distinct (messages, parameters): the samples of a prompt share its prefill."""
+    from edgedistill.runtimes.llama_batch import Job
+
+    groups: dict[str, list[Request]] = {}
+    for req in requests:
+        p = {k: v for k, v in req.params.items() if k not in ("sample", "seed")}
+        groups.setdefault(json.dumps([req.messages, p], sort_keys=True), []).append(req)
+    jobs, members = [], {}
+    for key, reqs in groups.items():
+        p = reqs[0].params
+        ids = rt.chat_prompt_ids(reqs[0].messages)
+        if len(ids) + p["max_tokens"] > cfg.n_ctx:
+            for req in reqs:
+                sink.failed(req, f"request_failed: the prompt ({len(ids)} tokens) and max_tokens "
+                                 f"({p['max_tokens']}) do not fit teacher.n_ctx ({cfg.n_ctx})")
+            continue
+        for start in range(0, len(reqs), max(cfg.concurrency, 1)):  # more samples than sequences
+            part = reqs[start:start + max(cfg.concurrency, 1)]
+            seeds = [r.params["seed"] if r.params.get("seed") is not None else int(r.key[:8], 16)
+                     for r in part]
+            jobs.append(Job(key=(key, start), prompt_ids=ids, max_tokens=p["max_tokens"],
+                            temperature=p["temperature"], top_p=p.get("top_p"), seeds=seeds,
+                            logprobs=p.get("logprobs")))
+            members[(key, start)] = part
+    return jobs, members
 
 
 def answer_all(cfg: TeacherConfig, requests: list[Request], sink: Sink) -> None:
+    """Every request through one llama.cpp context, ``teacher.concurrency`` sequences at a time
+    (edgedistill.runtimes.llama_batch): the shared system prompt is computed once, and the samples
+    of one prompt share its prefill."""
     if not requests:
         return
+    from edgedistill.runtimes.llama_batch import BatchedDecoder
+    from edgedistill.runtimes.llama_cpp import LlamaCppRuntime
+
     path = gguf_path(cfg.model)
-    llm = load_llama(path, cfg)
+    rt = LlamaCppRuntime(path, n_ctx=256)  # its own context is unused: the decoder makes one
     endpoint = f"llama.cpp:{path.name}"
     try:
-        for req in requests:
-            p = req.params
-            kw = {"temperature": p["temperature"], "max_tokens": p["max_tokens"]}
-            if p.get("top_p") is not None:
-                kw["top_p"] = p["top_p"]
-            if p.get("seed") is not None:
-                kw["seed"] = p["seed"]
-            if p.get("logprobs"):
-                kw.update(logprobs=True, top_logprobs=p["logprobs"])
-            t0 = time.perf_counter()
-            try:
-                out = llm.create_chat_completion(messages=req.messages, **kw)
-            except ValueError as err:  # llama-cpp-python: prompt longer than the context
-                sink.failed(req, f"request_failed: {err}")
-                continue
-            choice = out["choices"][0]
-            usage = out.get("usage") or {}
-            logprobs = None
-            if p.get("logprobs"):
-                content = (choice.get("logprobs") or {}).get("content") or []
-                logprobs = compact_logprobs(content)
-            sink.answer(Answer(
-                request=req, text=choice["message"].get("content"), finish_reason=choice.get("finish_reason"),
-                prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                endpoint=endpoint, latency_s=time.perf_counter() - t0, logprobs=logprobs))
+        jobs, members = _jobs(rt, cfg, requests, sink)
+
+        def done(job, completions, seconds: float) -> None:
+            for req, c in zip(members[job.key], completions):
+                sink.answer(Answer(
+                    request=req, text=c.text, finish_reason=c.finish_reason,
+                    prompt_tokens=len(job.prompt_ids),
+                    completion_tokens=len(c.token_ids) + (c.finish_reason == "stop"),
+                    endpoint=endpoint, latency_s=seconds,
+                    logprobs=compact_logprobs(c.logprobs) if c.logprobs is not None else None))
+
+        BatchedDecoder(rt, slots=cfg.concurrency).run(jobs, done)
     finally:
-        llm.close()
+        rt.close()

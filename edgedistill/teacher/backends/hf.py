@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from edgedistill.config import TeacherConfig
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 def load(cfg: TeacherConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(cfg.model).is_dir():  # a corrupt weight file: exit 2 naming it, not a traceback
+        from edgedistill.integrity import check_safetensors
+
+        check_safetensors(Path(cfg.model), f"teacher.model {cfg.model}")
     try:
         tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)

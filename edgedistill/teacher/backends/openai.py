@@ -8,15 +8,23 @@ backoff with jitter, Retry-After honoured) cover 408/409/429/5xx, dropped connec
 timeouts; the openai client's own retries are off so that a retry can move to another endpoint.
 A request that still fails after ``teacher.max_retries`` retries, or a refused key, stops the run
 with an ``EndpointError`` (exit 2); every answer received before is already in the resume log.
+
+Before the first request, each endpoint gets one cheap preflight (``GET {base_url}/models``, a
+short connect timeout): when every endpoint refuses the connection or its host name does not
+resolve, the run stops at once (exit 2) instead of spending minutes on retries. Any answer at all,
+an error status, a timeout or a dropped connection counts as reachable: a busy server still gets
+its retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +37,9 @@ from edgedistill.teacher import Answer, Request, Sink, compact_logprobs
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = (408, 409, 429)
+PREFLIGHT_CONNECT_S = 3.0
+PREFLIGHT_TOTAL_S = 10.0
+UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 MAX_COOLDOWN_S = 60.0
 MAX_RETRY_AFTER_S = 300.0
 
@@ -177,6 +188,50 @@ def _classify(err: Exception, ep: Endpoint, cfg: TeacherConfig) -> Exception:
     return _Failed(f"HTTP {status}: {message[:200]}")
 
 
+def unreachable(err: BaseException) -> str | None:
+    """Why ``err`` (or an exception it was raised from) says nobody can be connected to: a refused
+    connection, no route, a host name that does not resolve; None for anything else (a timeout,
+    a dropped connection, an HTTP status: the server is there, perhaps busy)."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return f"the host name does not resolve ({e.strerror or e})"
+        if isinstance(e, OSError) and e.errno in UNREACHABLE:
+            return os.strerror(e.errno).lower()
+        e = e.__cause__ or e.__context__
+    return None
+
+
+async def preflight(endpoints: list[Endpoint]) -> None:
+    """One ``GET /models`` per endpoint; an EndpointError when not one of them can be connected to.
+    An endpoint that refuses while others answer stays in rotation (it may come back)."""
+    import openai
+
+    timeout = openai.Timeout(PREFLIGHT_TOTAL_S, connect=PREFLIGHT_CONNECT_S)
+
+    async def probe(e: Endpoint) -> str | None:
+        try:
+            await e.client.with_options(timeout=timeout, max_retries=0).models.list()
+        except openai.APIConnectionError as err:  # includes timeouts (reachable: left to retries)
+            return unreachable(err)
+        except openai.OpenAIError:  # an HTTP status or an odd body: something answered
+            return None
+        return None
+
+    reasons = await asyncio.gather(*(probe(e) for e in endpoints))
+    down = {shown(e.url): r for e, r in zip(endpoints, reasons) if r}
+    if len(down) == len(endpoints):
+        listed = "; ".join(f"{url}: {why}" for url, why in down.items())
+        raise EndpointError(
+            f"The teacher endpoint{'s' if len(down) > 1 else ''} cannot be reached: {listed}.",
+            hint="Start the server, or fix teacher.base_url (host, port, and the /v1 path "
+                 "prefix); `curl URL/models` should list the served models.")
+    for url, why in down.items():
+        log.warning("%s cannot be reached (%s); the other endpoints take its requests", url, why)
+
+
 def _request_kwargs(req: Request) -> dict[str, Any]:
     p = req.params
     kw: dict[str, Any] = {"temperature": p["temperature"], "max_tokens": p["max_tokens"]}
@@ -302,6 +357,7 @@ class _Runner:
     async def run(self, requests: list[Request]) -> None:
         todo = iter(requests)
         try:
+            await preflight(self.pool.endpoints)
             n = max(1, min(self.cfg.concurrency, len(requests)))
             await asyncio.gather(*(self._worker(todo) for _ in range(n)))
         finally:

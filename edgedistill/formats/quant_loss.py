@@ -1,0 +1,197 @@
+"""Quantization loss: how far a quantized artifact's next-token distribution moved from the merged
+student's, measured before any task eval.
+
+On every eval record with a teacher reply, the prompt rendered with the student's chat template
+and the reply teacher-forced (read, not generated; up to and including the end-of-turn token):
+
+- ``kld``: mean KL(merged ‖ artifact) over the positions that predict the answer's tokens, with a
+  95% bootstrap interval over examples (``kld_ci95``), and ``top1_agreement`` there (the argmax
+  tokens are the same);
+- ``kld_whole`` / ``top1_agreement_whole``: the same over every position of the chat, as
+  llama.cpp's ``perplexity --kl-divergence`` measures it.
+
+Every runtime feeds the merged model's own token ids (parity already proved each artifact renders
+the chat prompt to the same ids). The merged model's log-probabilities are computed once per
+merged model and eval split and kept in RUN/export/.quant-loss-reference/ (float16: a 135M student
+over 60 chats is ~250 MB), so each artifact costs one batched forward pass per chat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgedistill.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = 1000
+
+
+@dataclass
+class Chat:
+    id: Any
+    ids: list[int]  # prompt + answer, ending with the end-of-turn token
+    answer_start: int  # index of the answer's first token in ids
+
+
+def eval_chats(run: Any) -> list[Chat]:
+    """The eval split's records with a teacher reply, as the merged student's tokenizer renders
+    prompt + reply (none when the run has no eval split)."""
+    from transformers import AutoTokenizer
+
+    from edgedistill.data import messages_of, read_jsonl
+    from edgedistill.runtimes import eos_ids, hf_chat_ids
+
+    if not run.eval_data.exists():
+        return []
+    tok = AutoTokenizer.from_pretrained(run.merged_dir)
+    eos = eos_ids(run.merged_dir, tok)
+    chats = []
+    for rec in read_jsonl(run.eval_data):
+        if not isinstance(rec.get("response"), str) or not rec["response"].strip():
+            continue
+        prompt = messages_of(rec)
+        while prompt and prompt[-1]["role"] == "assistant":
+            prompt = prompt[:-1]
+        p_ids = hf_chat_ids(tok, prompt)
+        full = _rendered_ids(tok, prompt + [{"role": "assistant", "content": rec["response"]}])
+        if full[:len(p_ids)] != p_ids or len(full) <= len(p_ids):
+            log.warning("eval record %s: the chat template does not extend the prompt with the "
+                        "answer; left out of the quantization loss", rec.get("id"))
+            continue
+        end = next((i + 1 for i in range(len(p_ids), len(full)) if full[i] in eos), len(full))
+        chats.append(Chat(rec.get("id"), full[:end], len(p_ids)))
+    return chats
+
+
+def _rendered_ids(tok: Any, messages: list[dict]) -> list[int]:
+    ids = tok.apply_chat_template(messages, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def log_softmax(logits: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
+    x = logits.astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
+class Reference:
+    """The merged student's log-probabilities over the eval chats, cached on disk."""
+
+    def __init__(self, run: Any):
+        self.run = run
+        self.dir = run.export_dir / ".quant-loss-reference"
+        self.chats: list[Chat] | None = None
+
+    def _key(self) -> str:
+        from edgedistill.rundir import digest
+
+        return json.dumps([digest(self.run.merged_dir)["sha256"],
+                           digest(self.run.eval_data)["sha256"] if self.run.eval_data.exists() else None])
+
+    def load(self) -> list[Chat]:
+        """The chats, computing and caching the reference when the cache is stale."""
+        if self.chats is not None:
+            return self.chats
+        key = self._key()
+        meta = self.dir / "meta.json"
+        if meta.exists() and json.loads(meta.read_text()).get("key") == key:
+            m = json.loads(meta.read_text())
+            self.chats = [Chat(c["id"], c["ids"], c["answer_start"]) for c in m["chats"]]
+            return self.chats
+        self.chats = eval_chats(self.run)
+        if self.chats:
+            self._compute(key)
+        return self.chats
+
+    def _compute(self, key: str) -> None:
+        import shutil
+
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        from edgedistill import runtimes
+
+        log.info("quantization loss: the merged student's log-probabilities over %d eval chats",
+                 len(self.chats))
+        tensors = {}
+        with runtimes.load("hf", self.run.merged_dir) as hf:
+            for i, c in enumerate(self.chats):
+                tensors[f"lp_{i}"] = log_softmax(hf.logits(c.ids)[:-1]).astype(np.float16)
+        tmp = self.dir.with_name(self.dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / "logprobs.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "chats": [
+            {"id": c.id, "ids": c.ids, "answer_start": c.answer_start} for c in self.chats]}))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tmp.replace(self.dir)
+
+    def logprobs(self):
+        """A reader: ``get(i)`` → float32 log-probabilities [len(ids) - 1, vocab] of chat i."""
+        from safetensors import safe_open
+
+        return safe_open(str(self.dir / "logprobs.safetensors"), framework="numpy")
+
+
+def _bootstrap_ratio(num: "np.ndarray", den: "np.ndarray", seed: int = 0) -> list[float]:
+    """95% percentile interval of sum(num)/sum(den) with examples resampled."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(BOOTSTRAP, len(num)))
+    stats = num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1)
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
+def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str, Any] | None:
+    """The quantization loss of the artifact at ``path`` (runtime ``kind``) against the merged
+    student; None when the run has no eval chats to measure on."""
+    import numpy as np
+
+    from edgedistill import runtimes
+
+    chats = ref.load()
+    if not chats:
+        log.warning("no eval chats with a teacher reply: the quantization loss of %s is not measured",
+                    path.name)
+        return None
+    per = np.zeros((len(chats), 6))  # answer: kl sum, agree, n; whole: kl sum, agree, n
+    with runtimes.load(kind, path) as rt, ref.logprobs() as lp_file:
+        for i, c in enumerate(chats):
+            q = rt.logits(c.ids)
+            if q is None:
+                raise DataError(f"the {kind} runtime exposes no logits; the quantization loss of "
+                                f"{path.name} cannot be measured.")
+            p = lp_file.get_tensor(f"lp_{i}")
+            width = min(p.shape[1], q.shape[1])
+            lq = log_softmax(q[:-1, :width])
+            lp = log_softmax(p[:, :width])  # renormalised after float16 storage: KL stays >= 0
+            kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+            agree = lp.argmax(axis=1) == lq.argmax(axis=1)
+            a = slice(c.answer_start - 1, None)
+            per[i] = [kl[a].sum(), agree[a].sum(), len(kl[a]), kl.sum(), agree.sum(), len(kl)]
+    total = per.sum(axis=0)
+    return {
+        "kld": round(float(total[0] / total[2]), 6),
+        "kld_ci95": _bootstrap_ratio(per[:, 0], per[:, 2]),
+        "top1_agreement": round(float(total[1] / total[2]), 4),
+        "kld_whole": round(float(total[3] / total[5]), 6),
+        "top1_agreement_whole": round(float(total[4] / total[5]), 4),
+        "calibration": calibration,
+        "examples": len(chats),
+        "answer_tokens": int(total[2]),
+        "tokens": int(total[5]),
+    }

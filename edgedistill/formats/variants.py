@@ -1,0 +1,119 @@
+"""One quantized variant of each format, built into a folder of its own: what the quantize stage
+builds (and compares, calibrated against not) and what scripts/bench_quant.py times.
+
+- GGUF: llama.cpp's quantizer over the exported GGUF, with or without an importance matrix;
+- ONNX: onnxruntime's MatMulNBits quantizer over the exported model.onnx (rtn, k_quant, gptq);
+- ORT GenAI: the model builder's own int4 (rtn, k_quant), or, for gptq, an fp32 package (the
+  exported one when it exists) whose model.onnx goes through the ONNX GPTQ path.
+
+Each takes its inputs explicitly (calibration token ids, an imatrix file), so a caller can build
+any combination. The int4 algorithm of a variant without calibration data is the format's
+data-free default when ``algo`` is gptq (:data:`DATA_FREE`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+# int4 without calibration data when the recipe asks for gptq: what each format shipped before
+# (ONNX: RTN scored as k_quant on the demo student in a quarter of the time; ORT GenAI: k_quant,
+# measured better than RTN there)
+DATA_FREE = {"onnx": "rtn", "ortgenai": "k_quant"}
+
+
+def int4_algo(fmt: str, algo: str, calibrated: bool) -> str:
+    return algo if algo != "gptq" or calibrated else DATA_FREE[fmt]
+
+
+def make_imatrix(run: Any, ids: list[list[int]], dataset: str, out: Path) -> dict[str, Any]:
+    """Collect the importance matrix of the merged student over ``ids`` and write it to ``out``
+    (GGUF imatrix format) for the tensors of the exported GGUF; returns its coverage."""
+    import time
+
+    from edgedistill.formats import gguf, imatrix
+
+    exp = run.recipe.export
+    t0 = time.perf_counter()
+    stats = imatrix.collect(run.merged_dir, ids)
+    conv = gguf.converter(exp.llama_cpp_dir)
+    src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
+    written = imatrix.write(stats, src, out, dataset, len(ids), max(map(len, ids)), conv)
+    cover = imatrix.coverage(written)
+    if cover["missing"]:
+        log.warning("the importance matrix has no entry for %d GGUF weights (%s): llama.cpp "
+                    "quantizes those without one", len(cover["missing"]), ", ".join(cover["missing"][:4]))
+    return {**cover, "tokens": sum(map(len, ids)), "chunks": len(ids), "dataset": dataset,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
+                 log_file: Path | None = None) -> dict[str, Any]:
+    """``out`` ← the exported GGUF quantized to ``qtype``; returns its manifest extras."""
+    from edgedistill.formats import gguf, imatrix
+
+    exp = run.recipe.export
+    src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
+    matrix = imatrix.read(imatrix_file) if imatrix_file else None
+    dataset = None
+    if imatrix_file:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(imatrix_file), "r").fields.get("imatrix.datasets")
+        dataset = bytes(field.parts[field.data[0]]).decode() if field else None
+    gguf.quantize(src, out, qtype, log_file=log_file, imatrix=matrix, imatrix_dataset=dataset)
+    return {"llama_cpp_version": f"llama-cpp-python {gguf.llama_cpp_python_version()}",
+            "quantized_from": run.rel(src), "tensor_types": gguf.tensor_types(out),
+            "imatrix": run.rel(imatrix_file) if imatrix_file else None}
+
+
+def onnx_variant(run: Any, precision: str, out_dir: Path, algo: str,
+                 calibration: list[list[int]] | None) -> Path:
+    """``out_dir``/model_<precision>.onnx from the exported model.onnx, with the tokenizer files
+    linked beside it (the runtime loads them from there); returns the model path."""
+    from edgedistill.formats import onnx
+
+    q = run.recipe.export.quantize
+    name = f"model_{precision}.onnx"
+    if precision == "int4":
+        onnx.check_block_size(run.merged_dir, q.int4_block_size)
+    onnx.quantize(run.onnx_dir / "model.onnx", out_dir / name, precision, q.int4_block_size,
+                  algo, calibration, model_dir=run.merged_dir)
+    onnx.check(out_dir / name)
+    for p in run.onnx_dir.iterdir():
+        if p.is_file() and not p.name.startswith((".", "model")):
+            (out_dir / p.name).symlink_to(p)
+    return out_dir / name
+
+
+def ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[int]] | None,
+                     log_file: Path) -> dict[str, Any]:
+    """An int4 ORT GenAI package in ``out_dir`` (which must not exist); returns its extras."""
+    from edgedistill.formats import onnx, ortgenai, parity
+
+    q = run.recipe.export.quantize
+    onnx.check_block_size(run.merged_dir, q.int4_block_size)
+    cache = run.export_dir / ".ortgenai-cache"
+    if algo == "gptq":
+        fp32 = run.ortgenai_dir / "fp32"
+        entry = run.stage_entry("export:ortgenai")
+        if entry and entry.get("status") == "done" and run.outputs_intact(entry) and fp32.is_dir():
+            shutil.copytree(fp32, out_dir)
+        else:
+            ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file)
+        if not calibration:
+            raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
+        ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration)
+    else:
+        ortgenai.build(run.merged_dir, out_dir, "int4", cache, log_file, q.int4_block_size, algo)
+    shutil.rmtree(cache, ignore_errors=True)
+    texts = [m["content"] for msgs in parity.prompts_for(run, run.recipe.export.parity_prompts)
+             for m in msgs]
+    override = ortgenai.fit_tokenizer(out_dir, run.merged_dir, texts)
+    return {"tokenizer_class_override": override} if override else {}

@@ -1,0 +1,273 @@
+"""Many prompts at once through one llama.cpp context: continuous batching across sequences.
+
+A llama.cpp context holds several sequences in one KV cache (``n_seq_max``, unified cache). Every
+step decodes one batch that carries the next token of each sequence that is generating and the
+prompt tokens of sequences being admitted, so the weights are read once per step for all of
+them instead of once per prompt. Two kinds of sharing save prompt processing:
+
+- the longest prefix every prompt has in common (the chat template's system turn) is decoded once
+  into a sequence of its own and copied (``llama_memory_seq_cp``: the cells are shared, not
+  duplicated) into each new sequence;
+- a prompt asked for ``samples`` answers (self-consistency) is decoded once and copied into the
+  other samples' sequences before they diverge.
+
+Sampling is llama.cpp's own sampler chain per sequence (greedy, or top-p, temperature and a
+seeded distribution), so a sequence's text does not depend on which others share its batch.
+Imports llama_cpp only inside the class (this package must import without it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from edgedistill.errors import ArtifactError
+from edgedistill.runtimes.llama_cpp import LlamaCppRuntime
+
+
+@dataclass
+class Job:
+    """One prompt, asked ``samples`` times (each sample gets its own seed)."""
+
+    key: Any
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    logprobs: int | None = None  # top-k logprobs per generated token
+
+    @property
+    def samples(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" | "length"
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class _Slot:
+    seq: int
+    job: Job | None = None
+    index: int = 0  # which sample of the job
+    feed: list[int] = field(default_factory=list)  # tokens to decode next
+    pos: int = 0  # tokens already in this sequence's cache
+    out: list[int] = field(default_factory=list)
+    lp: list[dict[str, Any]] = field(default_factory=list)
+    sampler: Any = None
+    leader: bool = True  # decodes the prompt; followers copy it
+    result: Completion | None = None
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares (at most the shortest minus one: each prompt
+    keeps a token of its own to produce the logits of its first answer token)."""
+    if not prompts:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+class BatchedDecoder:
+    """Runs jobs on ``rt``'s model with up to ``slots`` sequences in flight."""
+
+    def __init__(self, rt: LlamaCppRuntime, *, slots: int = 8, n_batch: int = 512,
+                 threads: int | None = None):
+        import llama_cpp
+
+        from edgedistill.runtimes.llama_cpp import settings
+
+        self.lc, self.rt = llama_cpp, rt
+        self.slots, self.n_batch = max(1, slots), n_batch
+        self._threads = settings(threads=threads)["n_threads"]
+        self.ctx = None
+
+    # --- the context -----------------------------------------------------------------------
+    def _open(self, n_ctx: int) -> None:
+        lc = self.lc
+        p = lc.llama_context_default_params()
+        p.n_ctx, p.n_batch, p.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        p.n_seq_max = self.slots + 1  # one more: the shared prefix
+        p.kv_unified = True
+        p.n_threads = p.n_threads_batch = self._threads
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self.ctx = lc.llama_init_from_model(self.rt.llm.model, p)
+        if not self.ctx:
+            raise ArtifactError(f"llama.cpp could not make a {n_ctx}-token context for "
+                                f"{self.rt.path.name} with {self.slots} sequences.",
+                                hint="Lower the concurrency (teacher.concurrency) or teacher.max_tokens.")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(self.n_batch, 0, self.slots + 1)
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            self.lc.llama_batch_free(self.batch)
+            self.lc.llama_free(self.ctx)
+            self.ctx = None
+
+    def _sampler(self, job: Job, seed: int) -> Any:
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if job.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            if job.top_p is not None and job.top_p < 1:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(job.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(job.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # --- one step ----------------------------------------------------------------------------
+    def _add(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self.batch
+        b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = token, pos, 1, logits
+        b.seq_id[n][0] = seq
+
+    def _decode(self, n: int) -> None:
+        self.batch.n_tokens = n
+        rc = self.lc.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise ArtifactError(f"llama.cpp could not decode a batch of {n} tokens with "
+                                f"{self.rt.path.name} (llama_decode returned {rc}).",
+                                hint="The context is full: lower teacher.max_tokens or teacher.concurrency.")
+
+    def _prefill_prefix(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start:start + self.n_batch]
+            for i, tok in enumerate(chunk):
+                self._add(i, tok, start + i, self.slots, False)
+            self._decode(len(chunk))
+
+    def _top_logprobs(self, idx: int, chosen: int, k: int) -> dict[str, Any]:
+        import numpy as np
+
+        row = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, idx), shape=(self.rt.n_vocab,))
+        row = row.astype(np.float64)
+        lse = np.log(np.exp(row - row.max()).sum()) + row.max()
+        top = np.argpartition(-row, k)[:k]
+        top = top[np.argsort(-row[top])]
+
+        def entry(t: int) -> dict[str, Any]:
+            raw = self.rt.llm.detokenize([int(t)], special=True)
+            return {"token": raw.decode("utf-8", errors="replace"), "bytes": list(raw),
+                    "token_id": int(t), "logprob": float(row[t] - lse)}
+
+        return {**entry(chosen), "top_logprobs": [entry(t) for t in top]}
+
+    def _sample(self, slot: _Slot, idx: int) -> None:
+        tok = int(self.lc.llama_sampler_sample(slot.sampler, self.ctx, idx))
+        if slot.job.logprobs:
+            slot.lp.append(self._top_logprobs(idx, tok, slot.job.logprobs))
+        if self.rt.is_stop(tok):
+            slot.result = Completion(slot.out, self.rt.decode(slot.out), "stop", slot.lp or None)
+            return
+        slot.out.append(tok)
+        if len(slot.out) >= slot.job.max_tokens:
+            slot.result = Completion(slot.out, self.rt.decode(slot.out), "length", slot.lp or None)
+        else:
+            slot.feed = [tok]
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, jobs: Iterable[Job], done: Callable[[Job, list[Completion], float], None]) -> None:
+        """Answer every job; ``done(job, completions, seconds)`` is called as each one finishes."""
+        jobs = list(jobs)
+        if not jobs:
+            return
+        too_many = [j for j in jobs if j.samples > self.slots]
+        if too_many:
+            raise ArtifactError(f"{too_many[0].samples} samples of one prompt need as many sequences; "
+                                f"this decoder has {self.slots}.", hint="Raise teacher.concurrency.")
+        prefix_len = common_prefix([j.prompt_ids for j in jobs])
+        per_slot = max(len(j.prompt_ids) - prefix_len + j.max_tokens for j in jobs) + 1
+        self._open(prefix_len + self.slots * per_slot + 8)
+        try:
+            self._prefill_prefix(jobs[0].prompt_ids[:prefix_len])
+            self._loop(deque(jobs), prefix_len, done)
+        finally:
+            self.close()
+
+    def _admit(self, queue: deque, free: list[_Slot], prefix_len: int) -> list[list[_Slot]]:
+        groups = []
+        while queue and len(free) >= queue[0].samples:
+            job = queue.popleft()
+            group = [free.pop(0) for _ in range(job.samples)]
+            for i, slot in enumerate(group):
+                slot.job, slot.index, slot.out, slot.lp, slot.result = job, i, [], [], None
+                slot.sampler = self._sampler(job, job.seeds[i])
+                slot.leader = i == 0
+                slot.pos = prefix_len
+                slot.feed = list(job.prompt_ids[prefix_len:]) if i == 0 else []
+            self.lc.llama_memory_seq_cp(self.mem, self.slots, group[0].seq, -1, -1)
+            groups.append(group)
+        return groups
+
+    def _loop(self, queue: deque, prefix_len: int, done: Callable) -> None:
+        slots = [_Slot(seq=s) for s in range(self.slots)]
+        free = list(slots)
+        groups: list[list[_Slot]] = []
+        started: dict[int, float] = {}
+        while queue or groups:
+            for g in self._admit(queue, free, prefix_len):
+                groups.append(g)
+                started[id(g[0].job)] = time.perf_counter()
+            n, wants = 0, []  # wants: (batch index, slot) for each slot that samples after this step
+            for g in groups:  # generating slots first: one token each
+                for s in g:
+                    if s.result is None and s.feed and (not s.leader or s.out):
+                        self._add(n, s.feed[0], s.pos, s.seq, True)
+                        wants.append((n, s))
+                        n += 1
+            for g in groups:  # then prompts, in chunks that fit
+                lead = g[0]
+                if lead.out or not lead.feed or lead.result is not None or n >= self.n_batch:
+                    continue
+                take = lead.feed[: self.n_batch - n]
+                for i, tok in enumerate(take):
+                    last = i == len(take) - 1 and len(take) == len(lead.feed)
+                    self._add(n, tok, lead.pos + i, lead.seq, last)
+                    if last:
+                        wants.append((n, lead))
+                    n += 1
+                lead.pos += len(take)
+                lead.feed = lead.feed[len(take):]
+            if n == 0:
+                raise ArtifactError("the batched decoder has nothing to decode (a bug)")
+            self._decode(n)
+            for idx, s in wants:
+                if s.leader and not s.out and s.pos == len(s.job.prompt_ids):  # prompt just finished
+                    g = next(g for g in groups if g[0] is s)
+                    for follower in g[1:]:
+                        self.lc.llama_memory_seq_cp(self.mem, s.seq, follower.seq, -1, -1)
+                        follower.pos = s.pos
+                        self._sample(follower, idx)
+                    s.feed = []
+                    self._sample(s, idx)
+                else:
+                    s.pos += 1
+                    s.feed = []
+                    self._sample(s, idx)
+            for g in list(groups):
+                for s in g:
+                    if s.result is not None and s.sampler is not None:
+                        self.lc.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+                        self.lc.llama_sampler_free(s.sampler)
+                        s.sampler = None
+                if all(s.result is not None for s in g):
+                    groups.remove(g)
+                    free.extend(g)
+                    free.sort(key=lambda s: s.seq)
+                    done(g[0].job, [s.result for s in g], time.perf_counter() - started.pop(id(g[0].job)))

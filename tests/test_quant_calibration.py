@@ -1,0 +1,276 @@
+"""Calibrated quantization and its measured loss, with the tiny in-process student and real
+llama.cpp, onnxruntime and ONNX Runtime GenAI: the importance matrix, GPTQ int4, the leakage
+check, and the KL divergence every quantized artifact records."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_recipe
+from edgedistill import runtimes
+from edgedistill.artifacts import list_artifacts
+from edgedistill.config import load_recipe
+from edgedistill.data import read_jsonl, write_jsonl
+from edgedistill.errors import ConfigError, DataError
+from edgedistill.formats.export import export
+from edgedistill.formats.quant_loss import Reference, measure
+from edgedistill.formats.quantize import quantize
+from edgedistill.rundir import Run
+
+SYSTEM = {"role": "system", "content": "Reply with the answer only."}
+EXPORT = {"parity_prompts": 2, "parity_max_new_tokens": 8,
+          "quantize": {"onnx": ["int4"], "gguf": ["q8_0", "q4_k_m"], "ortgenai": ["int4"],
+                       "calibration": "task", "algo": "gptq"}}
+
+
+def record(i: int, split: str) -> dict:
+    return {"id": f"{split}{i}", "messages": [SYSTEM, {"role": "user", "content": f"What is {i} plus {i + 3}?"}],
+            "response": str(2 * i + 3), "answer": str(2 * i + 3)}
+
+
+def make_run(root: Path, model_dir: Path, **quant) -> Run:
+    exp = {**EXPORT, "quantize": {**EXPORT["quantize"], **quant}}
+    run = Run.create(root / "run", load_recipe(write_recipe(root / "recipe", export=exp)))
+    write_jsonl(run.train_data, [record(i, "t") for i in range(24)])
+    write_jsonl(run.eval_data, [record(i, "e") for i in range(100, 110)])
+    with run.begin("merge") as stage:
+        shutil.copytree(model_dir, stage.output(run.merged_dir))
+    return run
+
+
+@pytest.fixture(scope="module")
+def cal_run(tmp_path_factory, tiny_model_dir) -> Run:
+    run = make_run(tmp_path_factory.mktemp("calibrated"), tiny_model_dir)
+    export(run)
+    quantize(run)
+    return run
+
+
+def arts(run: Run) -> dict:
+    return {a["id"]: a for a in list_artifacts(run)}
+
+
+def test_calibration_is_recorded_with_source_tokens_and_sha256(cal_run):
+    entry = cal_run.stage_entry("quantize:calibration")
+    cal = entry["metrics"]["calibration"]
+    assert cal["source"] == "task" and cal["samples"] == 24 and cal["of"] == 24
+    assert cal["tokens"] > 24 * 10 and len(cal["sha256"]) == 64
+    assert cal["leak_check"] == {"eval_prompts": 10, "overlap": 0}
+    assert "data/train.jsonl" in entry["inputs"] and "data/eval.jsonl" in entry["inputs"]
+    saved = json.loads((cal_run.export_dir / "calibration" / "calibration.json").read_text())
+    assert sum(map(len, saved["ids"])) == cal["tokens"]
+
+
+def test_imatrix_covers_every_quantized_tensor_with_its_input_dimension(cal_run):
+    from gguf import GGUFReader
+
+    path = cal_run.export_dir / "calibration" / "imatrix.gguf"
+    model = GGUFReader(str(cal_run.gguf_dir / "model-f16.gguf"))
+    matrix = {t.name: t for t in GGUFReader(str(path)).tensors}
+    weights = [t for t in model.tensors if len(t.shape) == 2 and t.name != "token_embd.weight"]
+    assert len(weights) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and output.weight
+    tokens = cal_run.stage_entry("quantize:calibration")["metrics"]["calibration"]["tokens"]
+    for t in weights:
+        sums, counts = matrix[f"{t.name}.in_sum2"], matrix[f"{t.name}.counts"]
+        assert sums.n_elements == int(t.shape[0]), t.name  # the weight's input dimension (ne[0])
+        assert float(np.asarray(counts.data).reshape(-1)[0]) == tokens
+        assert np.all(np.asarray(sums.data) > 0)
+    # q, k and v read the same normalised hidden state
+    q, v = (np.asarray(matrix[f"blk.0.attn_{x}.weight.in_sum2"].data) for x in ("q", "v"))
+    assert np.allclose(q, v)
+    imx = cal_run.stage_entry("quantize:imatrix")["metrics"]["imatrix"]
+    assert imx["missing"] == [] and imx["entries"] == imx["matrix_weights"] == 15
+
+
+def test_imatrix_file_is_what_llama_cpp_tools_read(cal_run):
+    """Loaded by ggml's own GGUF reader (the one llama-quantize --imatrix uses), with the keys and
+    tensor pairs tools/imatrix writes."""
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+
+    class Params(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, Params]
+    lib.gguf_find_key.restype = ctypes.c_int64
+    lib.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.gguf_get_val_str.restype = ctypes.c_char_p
+    lib.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.gguf_get_n_tensors.restype = ctypes.c_int64
+    lib.gguf_get_n_tensors.argtypes = [ctypes.c_void_p]
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    path = cal_run.export_dir / "calibration" / "imatrix.gguf"
+    ctx = lib.gguf_init_from_file(str(path).encode(), Params(True, None))
+    assert ctx, "ggml could not read the imatrix file"
+    try:
+        assert lib.gguf_get_val_str(ctx, lib.gguf_find_key(ctx, b"general.type")) == b"imatrix"
+        for key in (b"imatrix.datasets", b"imatrix.chunk_count", b"imatrix.chunk_size"):
+            assert lib.gguf_find_key(ctx, key) >= 0, key
+        assert lib.gguf_get_n_tensors(ctx) == 2 * 15
+    finally:
+        lib.gguf_free(ctx)
+
+
+def test_calibrated_gguf_loads_in_llama_cpp_and_its_kld_is_recorded(cal_run, tmp_path):
+    from gguf import GGUFReader
+
+    from edgedistill.formats.variants import gguf_variant
+
+    q4 = arts(cal_run)["gguf-q4_k_m"]
+    cands = cal_run.stage_entry("quantize:gguf-q4_k_m")["metrics"]["quant_loss_candidates"]
+    assert set(cands) == {"none", "task"}  # both measured, through llama.cpp
+    for label, loss in cands.items():
+        assert loss["calibration"] == label and loss["examples"] == 10
+        assert 0 <= loss["kld"] and loss["kld_ci95"][0] <= loss["kld"] <= loss["kld_ci95"][1]
+        assert 0 <= loss["top1_agreement"] <= 1 and loss["kld_whole"] >= 0
+    kept = q4["quant_loss"]
+    assert kept == cands[q4["calibration_source"]]
+    assert kept["kld"] == min(c["kld"] for c in cands.values()) or kept["calibration"] == "none"
+    assert set(kept) >= {"kld", "kld_ci95", "top1_agreement", "kld_whole", "top1_agreement_whole",
+                         "calibration"}
+    assert "quant_loss_candidates" not in cal_run.stage_entry("quantize:gguf-q8_0")["metrics"]  # ignores one
+    assert arts(cal_run)["gguf-q8_0"]["quant_loss"]["calibration"] == "none"
+    # the calibrated variant itself: llama.cpp loads it, generates, and it says what it was fed
+    out = tmp_path / "q4_0-imatrix.gguf"
+    extra = gguf_variant(cal_run, "q4_0", out, cal_run.export_dir / "calibration" / "imatrix.gguf")
+    assert extra["imatrix"] == "export/calibration/imatrix.gguf" and "Q4_0" in extra["tensor_types"]
+    fields = GGUFReader(str(out)).fields
+    assert int(fields["quantize.imatrix.entries_count"].parts[-1][0]) == 15
+    with runtimes.load("gguf", out) as rt:
+        assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
+
+
+def test_int4_is_built_with_and_without_gptq_and_both_are_recorded(cal_run):
+    a = arts(cal_run)
+    for art_id, data_free in (("onnx-int4", "rtn"), ("ortgenai-int4", "k_quant")):
+        metrics = cal_run.stage_entry(f"quantize:{art_id}")["metrics"]
+        cands = metrics["quant_loss_candidates"]
+        assert set(cands) == {"none", "task"}, art_id
+        kept = a[art_id]
+        assert kept["algo"] == ("gptq" if kept["calibration_source"] == "task" else data_free)
+        assert kept["quant_loss"]["calibration"] == kept["calibration_source"]
+        if kept["calibration_source"] == "task":  # kept only when it lowered the answer KLD
+            assert cands["task"]["kld"] < cands["none"]["kld"]
+            assert kept["calibration"]["sha256"] == metrics["artifact"]["calibration"]["sha256"]
+    with runtimes.load("ortgenai", a["ortgenai-int4"]["path"]) as rt:
+        assert rt.generate([SYSTEM, {"role": "user", "content": "What is 1 plus 4?"}], 4).token_ids
+
+
+def test_gptq_int4_keeps_the_sensitive_matmuls_at_8_bits(tmp_path, cal_run):
+    import onnx
+
+    from edgedistill.formats.calibration import load
+    from edgedistill.formats.variants import onnx_variant
+
+    ids = load(cal_run.export_dir / "calibration" / "calibration.json").select_tokens(200)
+    assert 0 < sum(map(len, ids)) <= 200
+    path = onnx_variant(cal_run, "int4", tmp_path, "gptq", ids)
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"}
+    assert bits["/model/layers.0/self_attn/v_proj/MatMul_Q8"] == 8  # the first eighth of the layers
+    assert bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/model/layers.1/mlp/down_proj/MatMul_Q4"] == 4
+    assert sum(b == 4 for b in bits.values()) == len(bits) - 2
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def test_a_deliberately_broken_artifact_shows_a_large_kld(cal_run, tmp_path):
+    from gguf import GGUFReader
+
+    broken = tmp_path / "broken.gguf"
+    shutil.copy(cal_run.gguf_dir / "model-f16.gguf", broken)
+    rng = np.random.default_rng(0)
+    for t in GGUFReader(str(broken), "r+").tensors:
+        if t.name.endswith("ffn_down.weight"):  # every MLP writes noise into the residual stream
+            t.data[...] = rng.normal(0, 1, t.data.shape).astype(t.data.dtype)
+    loss = measure(Reference(cal_run), "gguf", broken, "none")
+    good = arts(cal_run)["gguf-q8_0"]["quant_loss"]
+    assert loss["kld"] > 0.01 and loss["kld"] > 100 * max(good["kld"], 1e-5)
+    assert loss["top1_agreement"] < good["top1_agreement"]
+
+
+def test_every_position_of_the_batched_logits_is_right(cal_run):
+    """llama.cpp in one batch with every position's logits; ORT GenAI from one append."""
+    ids = [c for c in Reference(cal_run).load()[0].ids]
+    a = arts(cal_run)
+    with runtimes.load("hf", cal_run.merged_dir) as hf:
+        want = hf.logits(ids)
+    for kind, art_id in (("gguf", "gguf-f16"), ("ortgenai", "ortgenai-fp32")):
+        with runtimes.load(kind, a[art_id]["path"]) as rt:
+            got = rt.logits(ids)
+        assert got.shape == want.shape, kind
+        assert np.abs(got - want).max() < 0.05, kind
+
+
+def test_up_to_date_calibrated_artifacts_are_skipped(cal_run):
+    before = cal_run.read_manifest()["stages"]
+    quantize(cal_run)
+    after = cal_run.read_manifest()["stages"]
+    assert {k: v.get("finished_at") for k, v in before.items()} == \
+        {k: v.get("finished_at") for k, v in after.items()}
+
+
+def _snapshot(run: Run) -> dict:
+    return {p.relative_to(run.root).as_posix(): p.stat().st_mtime_ns
+            for p in run.root.rglob("*") if p.is_file() and p.name not in (".lock", ".manifest.lock")}
+
+
+def test_leakage_check_refuses_an_eval_prompt_through_the_cli(tmp_path, tiny_model_dir):
+    from edgedistill.cli import cli
+
+    run = make_run(tmp_path, tiny_model_dir, onnx=[], ortgenai=[])
+    export(run, formats=["gguf"])
+    leaked = read_jsonl(run.eval_data)[3]
+    write_jsonl(run.train_data, read_jsonl(run.train_data) + [{**leaked, "id": "sneaky"}])
+    before, manifest = _snapshot(run), run.manifest_path.read_text()
+    result = CliRunner().invoke(cli, ["quantize", str(run.root)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "overlaps the eval split" in result.output and "'sneaky'" in result.output
+    assert "calibration=none" in result.output  # the way out
+    assert _snapshot(run) == before and run.manifest_path.read_text() == manifest
+    assert not (run.export_dir / "calibration").exists()
+
+
+def test_generic_text_calibration_is_checked_too(tmp_path, tiny_model_dir):
+    from edgedistill.formats import calibration
+
+    run = make_run(tmp_path, tiny_model_dir)
+    text = tmp_path / "generic.txt"
+    text.write_text("Rivers run to the sea.\n\nMountains rise.\n" * 40)
+    cal = calibration.build(run, f"text:{text}", 8, 256)
+    assert cal.source == f"text:{text}" and 1 <= len(cal.ids) <= 8
+    assert all(len(i) <= calibration.TEXT_WINDOW for i in cal.ids)
+    text.write_text(text.read_text() + "\nQuiz: what is 104 plus 107? Think.\n")
+    with pytest.raises(DataError, match="overlaps the eval split"):
+        calibration.check_no_leak(run, f"text:{text}")
+
+
+def test_calibration_none_builds_one_variant_and_still_measures_it(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir, calibration="none", onnx=[], ortgenai=[], gguf=["q4_0"])
+    export(run, formats=["gguf"])
+    quantize(run)
+    stages = run.read_manifest()["stages"]
+    assert "quantize:calibration" not in stages and "quantize:imatrix" not in stages
+    assert "quant_loss_candidates" not in stages["quantize:gguf-q4_0"]["metrics"]
+    assert arts(run)["gguf-q4_0"]["quant_loss"]["calibration"] == "none"
+
+
+def test_calibration_key_validates(tmp_path):
+    good = load_recipe(write_recipe(tmp_path / "a", export={"quantize": {"calibration": "text:x.txt"}}))
+    assert good.export.quantize.calibration == f"text:{Path('x.txt').resolve()}"
+    with pytest.raises(ConfigError, match="none, task or text:FILE"):
+        load_recipe(write_recipe(tmp_path / "b", export={"quantize": {"calibration": "eval"}}))
+    with pytest.raises(ConfigError, match="algo"):
+        load_recipe(write_recipe(tmp_path / "c", export={"quantize": {"algo": "awq"}}))
