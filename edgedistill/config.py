@@ -22,10 +22,24 @@ from edgedistill.registry import FORMAT_NAMES, TASKS
 from edgedistill.schema import Strict, apply_overrides, bundled, read_yaml, validate
 
 
+class SynthesizeConfig(Strict):
+    n: int = Field(0, ge=0)  # new prompts to ask the teacher for, in the style of the train split
+    per_request: int = Field(8, ge=1)  # train prompts one request shows; one new prompt asked for each
+    temperature: float = Field(1.0, ge=0.0)  # higher: more varied prompts
+    max_tokens: int = Field(400, ge=16)
+    ngram: int = Field(3, ge=1)  # decontamination: word n-grams ...
+    max_eval_overlap: float = Field(0.8, gt=0.0, le=1.0)  # ... a prompt sharing this share of its n-grams
+    max_eval_content_similarity: float = Field(0.6, gt=0.0, le=1.0)  # or of its content words with
+    # one eval prompt is dropped (both thresholds and the counts are recorded)
+
+
 class DataConfig(Strict):
     prompts: str
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)  # token-set similarity
+    # more held-out sets, by name: asked of the teacher, scored on every rung, never trained on
+    eval_sets: dict[str, str] = {}
+    synthesize: SynthesizeConfig = SynthesizeConfig()
 
 
 class TeacherConfig(Strict):
@@ -48,6 +62,12 @@ class TeacherConfig(Strict):
     batch_size: int = Field(8, ge=1)  # hf backend
     n_ctx: int = Field(2048, ge=128)  # gguf backend
     trust_remote_code: bool = False
+    # verification of training labels (eval prompts are never filtered: the teacher is scored on
+    # exactly what it answered)
+    samples: int = Field(1, ge=1)  # answers per prompt without a gold answer; the majority is kept
+    retries_on_wrong: int = Field(2, ge=0)  # more answers for a gold prompt the teacher got wrong
+    sample_temperature: float = Field(0.7, gt=0.0)  # of those extra answers (the first uses temperature)
+    min_agreement: float = Field(0.5, ge=0.0, le=1.0)  # a majority answer must have more than this share
 
     @field_validator("base_url")
     @classmethod
@@ -91,7 +111,8 @@ class LoraConfig(Strict):
     r: int = Field(16, ge=1)  # higher: more capacity, more memory
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    # every linear projection, attention and MLP (peft's "all-linear"); or a list of module names
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
 
 
 class KDConfig(Strict):
@@ -101,16 +122,28 @@ class KDConfig(Strict):
 
 
 class TrainConfig(Strict):
+    method: Literal["lora", "full"] = "lora"  # full: every weight (students up to ~0.5B on a CPU)
     lora: LoraConfig = LoraConfig()
-    learning_rate: float = Field(2.0e-4, gt=0.0)
-    epochs: float = Field(3, gt=0)
+    learning_rate: Union[float, None] = Field(None, gt=0.0)  # null: 2e-4 for lora, 5e-5 for full
+    epochs: Union[float, Literal["auto"]] = 3.0  # auto: until the dev score stops improving
+    max_epochs: int = Field(8, ge=1)  # epochs: auto stops here at the latest
+    patience: int = Field(2, ge=1)  # epochs: auto stops after this many evaluations without a gain
     max_steps: Union[int, None] = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    # auto: bf16 autocast where the CPU computes bf16 natively (AMX / AVX512-BF16: ~1.7x faster
+    # here, scripts/bench_train.py) or on a GPU; fp32 elsewhere. Weights stay fp32 either way.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # the best checkpoint is chosen on a dev slice of the train split, never on the eval split:
+    dev_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    dev_max: int = Field(64, ge=1)  # at most this many dev examples (scored by generation)
+    select: Literal["dev_score", "dev_loss", "last"] = "dev_score"
     save_steps: int = Field(50, ge=1)
-    eval_steps: Union[int, None] = Field(None, ge=1)
+    eval_steps: Union[int, None] = Field(None, ge=1)  # null: evaluate on the dev slice once per epoch
     # false: batches of similar lengths, padded (measured fastest on CPU, scripts/bench_train.py);
     # true: examples packed into one row without cross-example attention (no padding at all)
     packing: bool = False
@@ -157,6 +190,10 @@ class ExportConfig(Strict):
 class EvalConfig(Strict):
     max_new_tokens: int = Field(64, ge=1)
     limit: Union[int, None] = Field(None, ge=1)  # score at most this many eval examples
+    # replies generated together per rung (gguf: sequences in flight in one llama.cpp context);
+    # 16: 2-3x the examples/s of 1 on a 2-core CPU (scripts/bench_eval.py), for batch_size KV
+    # caches of memory; 1: one at a time, as `generate` does
+    batch_size: int = Field(16, ge=1)
 
 
 class GatesConfig(Strict):
@@ -205,6 +242,9 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     data_sec = data.get("data")
     if isinstance(data_sec, dict) and isinstance(data_sec.get("prompts"), str):
         data_sec["prompts"] = resolve(data_sec["prompts"])
+    if isinstance(data_sec, dict) and isinstance(data_sec.get("eval_sets"), dict):
+        data_sec["eval_sets"] = {k: resolve(v) if isinstance(v, str) else v
+                                 for k, v in data_sec["eval_sets"].items()}
     # model references that look like relative paths and exist next to the recipe
     for section in ("teacher", "student"):
         sec = data.get(section)

@@ -187,9 +187,15 @@ class Run:
     rejected = property(lambda s: s.data_dir / "rejected.jsonl")
     train_data = property(lambda s: s.data_dir / "train.jsonl")
     eval_data = property(lambda s: s.data_dir / "eval.jsonl")
+
+    def eval_set_data(self, name: str) -> Path:
+        """The teacher's replies to the prompts of ``data.eval_sets[name]`` (held out like eval)."""
+        return self.data_dir / f"eval-{name}.jsonl"
+
     student_dir = property(lambda s: s.root / "student")
     student_base = property(lambda s: s.student_dir / "base")  # imported GGUF student, if any
     adapter_dir = property(lambda s: s.student_dir / "adapter")
+    finetuned_dir = property(lambda s: s.student_dir / "finetuned")  # train.method: full
     checkpoints_dir = property(lambda s: s.student_dir / "checkpoints")
     merged_dir = property(lambda s: s.student_dir / "merged")
     export_dir = property(lambda s: s.root / "export")

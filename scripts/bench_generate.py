@@ -1,7 +1,14 @@
-"""Teacher generation throughput: edgedistill against a raw ``openai`` client loop at the same
-concurrency on the same llama.cpp server(s), and two endpoints against one.
+"""Teacher generation throughput, two comparisons.
 
+    python scripts/bench_generate.py --local [--model pypi:qwen2.5-coder-1.5b-instruct] [--prompts 96]
     python scripts/bench_generate.py --prompts 16 --max-tokens 16 --concurrency 2
+
+``--local``: answers per second of a local GGUF teacher asked through edgedistill's batched
+llama.cpp backend (``teacher.backend: gguf``, ``teacher.concurrency`` sequences in one context,
+the shared system prompt computed once) against the same model served one request at a time by
+``python -m llama_cpp.server`` (``teacher.serve``, which reuses the previous prompt's common
+prefix), on the same prompts (the demo's questions with its system prompt), each side timing the
+whole ``generate`` stage, alternating over ``--repeats`` rounds on fresh prompts; goal >= 2x.
 
 Starts ``python -m llama_cpp.server`` (one, then a second) on 127.0.0.1 serving the model
 (default: the packaged SmolLM2-135M GGUF), warms each up, then alternates raw and edgedistill
@@ -80,12 +87,61 @@ def edgedistill_run(urls: list[str], prompts: list[dict], concurrency: int, max_
     return wall, m["completion_tokens"]
 
 
+DEMO = Path(__file__).resolve().parents[1] / "edgedistill" / "profiles" / "data" / "demo.jsonl"
+
+
+def local_run(model: str, backend: str, prompts: list[dict], concurrency: int, max_tokens: int,
+              work: Path) -> tuple[float, int]:
+    """Seconds for `generate` over ``prompts`` with the GGUF ``model`` in-process (batched) or
+    served by llama_cpp.server (one request at a time), and the answers it got."""
+    folder = Path(tempfile.mkdtemp(dir=work))
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    teacher = {"model": model, "concurrency": concurrency, "max_tokens": max_tokens, "temperature": 0.0,
+               "system_prompt": "Reply with the answer only.", "min_success_ratio": 0.0,
+               "retries_on_wrong": 0, "accept_finish_reasons": ["stop", "length"], "n_ctx": 2048}
+    teacher.update({"backend": "gguf"} if backend == "batched" else {"backend": "openai", "serve": True})
+    recipe = {"task": "qa", "data": {"prompts": "prompts.jsonl", "eval_fraction": 0.0},
+              "teacher": teacher, "student": {"model": "student"}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run = Run.create(folder / "run", load_recipe(folder / "recipe.yaml"))
+    t0 = time.perf_counter()
+    generate(run)
+    wall = time.perf_counter() - t0
+    return wall, run.stage_entry("generate")["metrics"]["asked"]
+
+
+def local_main(args) -> None:
+    rows = [json.loads(line) for line in DEMO.read_text().splitlines()]
+    rows = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in rows]
+    rates: dict[str, list[float]] = {"served, one request at a time": [], "batched (teacher.backend: gguf)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.repeats):
+            for name, backend, conc in (("served, one request at a time", "served", 2),
+                                        ("batched (teacher.backend: gguf)", "batched", args.concurrency)):
+                start = (rnd * 2 + (backend == "batched")) * args.prompts % len(rows)
+                chunk = (rows + rows)[start:start + args.prompts]
+                chunk = [{**r, "id": f"{r['id']}-{rnd}"} for r in chunk]
+                wall, answers = local_run(args.model, backend, chunk, conc, args.max_tokens, Path(tmp))
+                rates[name].append(answers / wall)
+                print(f"round {rnd + 1}: {name}: {answers} answers in {wall:.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"{'teacher':<36}{'answers/s (median of ' + str(args.repeats) + ')':>32}")
+    for k, v in med.items():
+        print(f"{k:<36}{v:>32.2f}")
+    print(json.dumps({"batched_over_served": round(med["batched (teacher.backend: gguf)"] /
+                                                   med["served, one request at a time"], 3),
+                      "answers_per_s": {k: round(v, 3) for k, v in med.items()}, "model": args.model,
+                      "prompts": args.prompts, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                      "repeats": args.repeats}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="pypi:smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--local", action="store_true", help="batched GGUF backend vs llama_cpp.server")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--prompts", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per server")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--base-url", action="append", default=[],
@@ -93,6 +149,15 @@ def main() -> None:
     ap.add_argument("--served-model", default="teacher", help="the model name to request (for --base-url)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # defaults per comparison: the demo's teacher and questions for --local, a small model otherwise
+    defaults = ({"model": "pypi:qwen2.5-coder-1.5b-instruct", "prompts": 96, "max_tokens": 48, "concurrency": 32}
+                if args.local else
+                {"model": "pypi:smollm2-135m-instruct", "prompts": 16, "max_tokens": 16, "concurrency": 2})
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.local:
+        return local_main(args)
 
     rows: dict[str, list[float]] = {"raw, 1 endpoint": [], "edgedistill, 1 endpoint": [],
                                     "raw, 2 endpoints": [], "edgedistill, 2 endpoints": []}

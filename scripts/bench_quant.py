@@ -229,7 +229,8 @@ def main() -> None:
                   f"{ratio(ql.get('kld'), bl.get('kld')):>6} {f(ql.get('top1_agreement'), '6.3f')} "
                   f"{f(ql.get('kld_whole'), '9.5f')} {f(ql.get('top1_agreement_whole'), '6.3f')} "
                   f"{f(r.get('score'), '6.3f')} {ratio(r.get('score'), merged.get('score')):>8} "
-                  f"{f(r.get('bytes') and r['bytes'] / 1e6, '7.1f')} {ratio(r.get('bytes'), base.get('bytes')):>6} "
+                  f"{f(r.get('bytes') and r['bytes'] / 1e6, '7.1f')} "
+                  f"{ratio(r.get('bytes'), base.get('bytes')):>6} "
                   f"{f(r.get('quantize_s'), '8.1f')} {ratio(r.get('quantize_s'), base.get('quantize_s')):>6} "
                   f"{f(r.get('peak_rss_mb'), '7.0f')}")
     print(json.dumps({"run": str(args.run), "work": str(work), "generic_text": str(text),

@@ -2,14 +2,17 @@
 
     python scripts/bench_train.py [--model pypi:smollm2-135m-instruct] [--steps 10] [--batch-size 8]
 
-Same model, same LoRA, same examples, same number of optimizer steps and batch size; what
-differs is how a batch is built:
-- edgedistill (length-grouped): `edgedistill train` as shipped (train.packing: false): padded to
-  the longest of a batch, batches of similar lengths (Trainer's group_by_length);
-- edgedistill (packing): `edgedistill train --set train.packing=true`: examples packed into one
-  row, position_ids restarting per example (block-diagonal attention, no padding);
-- baseline: a plain transformers Trainer, DataCollatorForSeq2Seq padding to the longest of a
-  random batch (the usual recipe).
+Same model, same examples, same number of optimizer steps and batch size; what differs is how a
+batch is built and computed:
+- edgedistill (length-grouped): `edgedistill train` as shipped (LoRA on every linear layer,
+  train.packing: false, train.precision: auto): padded to the longest of a batch, batches of
+  similar lengths (Trainer's group_by_length), bf16 autocast where the CPU computes bf16 natively;
+- edgedistill (grouped, fp32): the same with --set train.precision=fp32;
+- edgedistill (packing): --set train.packing=true: examples packed into one row, position_ids
+  restarting per example (block-diagonal attention, no padding);
+- edgedistill (full fine-tune): --set train.method=full (every weight);
+- baseline: a plain transformers Trainer, LoRA on q/k/v/o, fp32, DataCollatorForSeq2Seq padding to
+  the longest of a random batch (the usual recipe).
 The figure that matters is non-padding tokens per second (tokens of real examples / train
 runtime); tokens per CPU-second is printed too, as it holds up better on a shared machine. Each mode runs in its own process so its peak RSS is its own. The data: the demo
 profile's 300 questions with teacher-like answers, half one-line, half with an explanation of
@@ -50,7 +53,15 @@ def records(seed: int = 0) -> list[dict]:
     return out
 
 
-def make_run(folder: Path, model: str, args, packing: bool):
+MODES = {  # mode → train settings on top of the recipe below (the default recipe: "grouped")
+    "grouped": {},
+    "grouped-fp32": {"precision": "fp32"},
+    "packing": {"packing": True},
+    "full": {"method": "full", "learning_rate": 5e-5},
+}
+
+
+def make_run(folder: Path, model: str, args, mode: str):
     import yaml
 
     from edgedistill.config import load_recipe
@@ -64,8 +75,8 @@ def make_run(folder: Path, model: str, args, packing: bool):
               "teacher": {"model": "teacher", "base_url": "http://127.0.0.1:9/v1"},
               "student": {"model": model},
               "train": {"max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
-                        "packing": packing, "save_steps": 10_000, "learning_rate": 2e-4,
-                        "lora": {"r": 16, "alpha": 32, "dropout": 0.05}}}
+                        "save_steps": 10_000, "learning_rate": 2e-4, "dev_fraction": 0.0,
+                        "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, **MODES[mode]}}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run = Run.create(folder / "run", load_recipe(folder / "recipe.yaml"))
     st = run.begin("generate", force=True)
@@ -76,14 +87,15 @@ def make_run(folder: Path, model: str, args, packing: bool):
     return run
 
 
-def mode_edgedistill(folder: Path, model: str, args, packing: bool) -> dict:
+def mode_edgedistill(folder: Path, model: str, args, mode: str) -> dict:
     from edgedistill.train.finetune import train
 
-    run = make_run(folder, model, args, packing)
+    run = make_run(folder, model, args, mode)
     train(run, force=True)  # every repeat trains again
     m = run.stage_entry("train")["metrics"]
     return {"tokens_per_s": m["tokens_per_s"], "train_runtime_s": m["train_runtime_s"],
             "tokens": m["nonpad_tokens_seen"], "steps": m["steps"], "base": m["base"],
+            "precision": m["precision"], "method": m["method"],
             "tokens_per_cpu_s": round(m["nonpad_tokens_seen"] / m["train_cpu_s"], 1)}
 
 
@@ -134,7 +146,7 @@ def child(args) -> None:
     if args.mode == "baseline":
         result = mode_baseline(folder, args.model, args)
     else:
-        result = mode_edgedistill(folder, args.model, args, packing=args.mode == "packing")
+        result = mode_edgedistill(folder, args.model, args, args.mode)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print("RESULT " + json.dumps(result))
 
@@ -182,16 +194,17 @@ def main() -> None:
     model = first.pop("base")
     # modes interleaved, each `--repeats` times; the best run of each counts (a shared machine
     # only ever slows a run down)
-    runs: dict[str, list[dict]] = {"packing": [first], "grouped": [], "baseline": []}
+    runs: dict[str, list[dict]] = {"packing": [first], **{m: [] for m in MODES if m != "packing"},
+                                   "baseline": []}
     for i in range(args.repeats):
-        for mode in ("grouped", "baseline", "packing"):
+        for mode in runs:
             if mode == "packing" and i == args.repeats - 1:
                 continue
             r = spawn(args, mode, model)
             r.pop("base", None)
             runs[mode].append(r)
-    packing, grouped, baseline = (max(runs[k], key=lambda r: r["tokens_per_s"])
-                                  for k in ("packing", "grouped", "baseline"))
+    best = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in runs.items()}
+    packing, grouped, baseline = best["packing"], best["grouped"], best["baseline"]
     stats = length_stats(model, args.max_length)
     print(f"model {args.model}; {args.steps} steps x batch {args.batch_size}; best of {args.repeats} "
           f"interleaved runs per mode; example tokens {stats}")
@@ -199,20 +212,24 @@ def main() -> None:
     from edgedistill.config import TrainConfig
 
     default = "packing" if TrainConfig().packing else "grouped"
-    rows = {"edgedistill (packing)": packing, "edgedistill (length-grouped)": grouped,
-            "baseline (padded, random)": baseline}
+    rows = {"edgedistill (length-grouped)": grouped, "edgedistill (grouped, fp32)": best["grouped-fp32"],
+            "edgedistill (packing)": packing, "edgedistill (full fine-tune)": best["full"],
+            "baseline (padded, random, fp32)": baseline}
     for name, r in rows.items():
         print(f"{name:<28}{r['tokens_per_s']:>14.1f}{r['tokens_per_cpu_s']:>11.1f}{r['train_runtime_s']:>11.1f}"
               f"{r['tokens']:>9}{r['peak_rss_mb']:>13.0f}")
     ratios = {k: {"tokens_per_s": round(r["tokens_per_s"] / baseline["tokens_per_s"], 3),
                   "tokens_per_cpu_s": round(r["tokens_per_cpu_s"] / baseline["tokens_per_cpu_s"], 3)}
-              for k, r in (("packing", packing), ("grouped", grouped))}
+              for k, r in best.items() if k != "baseline"}
     speedup, cpu_speedup = ratios[default]["tokens_per_s"], ratios[default]["tokens_per_cpu_s"]
     print(f"speed-up of edgedistill train (default: {default}) over the padded baseline: {speedup}x in "
           f"non-padding tokens/s, {cpu_speedup}x per CPU-second (goal >= 1.3x); "
           f"other mode: {ratios['grouped' if default == 'packing' else 'packing']}")
+    print(f"bf16 autocast over fp32 (same LoRA, same batches): "
+          f"{grouped['tokens_per_s'] / best['grouped-fp32']['tokens_per_s']:.2f}x "
+          f"({grouped['precision']} vs {best['grouped-fp32']['precision']})")
     print(json.dumps({"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-                      "lengths": stats, "packing": packing, "grouped": grouped, "baseline": baseline,
+                      "lengths": stats, "best": best,
                       "default_mode": default, "speedup": speedup, "cpu_speedup": cpu_speedup,
                       "ratios": ratios, "threads": args.threads,
                       "repeats": args.repeats, "all_runs": runs}))

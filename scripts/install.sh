@@ -16,9 +16,18 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 # 2. llama-cpp-python compiles llama.cpp (4-5 minutes on 2 cores). A native build on a CPU with
-#    AMX segfaults on the first multi-token decode of a quantized GGUF, so the build is portable,
-#    AMX off. --no-cache-dir: never reuse a wheel built with other flags.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
+#    AMX segfaults on the first multi-token decode of a quantized GGUF, so the build names its
+#    instruction sets itself, AMX off: AVX2/FMA/F16C, plus the AVX-512 and VNNI sets this CPU
+#    reports (/proc/cpuinfo; prompt processing 1.5x faster with them here: 110 vs 73 tok/s for the
+#    1.5B teacher). --no-cache-dir: never reuse a wheel built with other flags.
+SIMD="-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+CPU_FLAGS=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+for pair in avx512f:GGML_AVX512 avx512_vnni:GGML_AVX512_VNNI avx512_bf16:GGML_AVX512_BF16 \
+            avx512vbmi:GGML_AVX512_VBMI avx_vnni:GGML_AVX_VNNI; do
+  case " $CPU_FLAGS " in *" ${pair%%:*} "*) SIMD="$SIMD -D${pair#*:}=ON" ;; esac
+done
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF $SIMD}"
+echo "llama.cpp build flags: $CMAKE_ARGS"
 LLAMA_SPEC="llama-cpp-python[server]==0.3.36"
 if [ $REBUILD = 1 ]; then
   "$PY" -m pip install --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"

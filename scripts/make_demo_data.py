@@ -1,9 +1,13 @@
-"""Regenerate edgedistill/profiles/data/demo.jsonl: short questions with one gold answer each
-(arithmetic, capitals, word puzzles, comparisons), the demo's QA task.
+"""Regenerate the demo's data: short questions with one gold answer each (arithmetic, capitals, word
+puzzles, comparisons), the demo's QA task.
 
-    python scripts/make_demo_data.py [--seed 20261128] [--n 300]
+    python scripts/make_demo_data.py [--seed 20261128] [--n 300]          # data/demo.jsonl
+    python scripts/make_demo_data.py --rephrased [--seed 7] [--n 90]       # data/demo-rephrased.jsonl
 
-The same seed writes the same file. The instruction to answer briefly is not repeated in every
+demo.jsonl uses one wording per kind of question. demo-rephrased.jsonl asks the same nine kinds
+in other words (three wordings per kind, none of them the generator's), so a student that learnt
+the task, not the generator's phrasing, keeps its score there; the demo scores it as an eval set
+(data.eval_sets), never trained on. The same seed writes the same file. The instruction to answer briefly is not repeated in every
 prompt: profiles/demo.yaml gives it once, as teacher.system_prompt, which every teacher record
 (and so the student's training and eval prompts) carries.
 """
@@ -78,24 +82,79 @@ def make(rng: random.Random, n: int) -> list[dict]:
         a, b = rng.sample(range(1, 500), 2)
         return f"Which number is larger: {a} or {b}?", str(max(a, b))
 
-    makers = [add, sub, mul, capital, first_letter, last_letter, length, opposite, larger]
+    makers = {"add": add, "sub": sub, "mul": mul, "capital": capital, "first": first_letter,
+              "last": last_letter, "length": length, "opposite": opposite, "larger": larger}
     seen, rows = set(), []
     while len(rows) < n:
-        q, a = rng.choice(makers)()
+        kind = rng.choice(list(makers))
+        q, a = makers[kind]()
         if q in seen:
             continue
         seen.add(q)
-        rows.append({"id": f"demo-{len(rows):04d}", "prompt": q, "answer": a})
+        rows.append({"id": f"demo-{len(rows):04d}", "prompt": q, "answer": a, "kind": kind})
+    return rows
+
+
+REPHRASED = {
+    "add": ("Add {a} and {b}.", "What do you get when you add {a} to {b}?", "Compute the sum of {a} and {b}."),
+    "sub": ("Subtract {b} from {a}.", "What is {a} minus {b}?", "If you take {b} away from {a}, what is left?"),
+    "mul": ("Multiply {a} by {b}.", "What is the product of {a} and {b}?", "How much is {a} multiplied by {b}?"),
+    "capital": ("Name the capital city of {c}.", "Which city is the capital of {c}?",
+                "In which city is the government of {c} seated?"),
+    "first": ("Which letter does the word '{w}' start with?", "Give the first letter of '{w}'.",
+              "'{w}' begins with which letter?"),
+    "last": ("Which letter does the word '{w}' end with?", "Give the final letter of '{w}'.",
+             "What letter is at the end of '{w}'?"),
+    "length": ("How long is the word '{w}', in letters?", "Count the letters in '{w}'.",
+               "What is the number of letters in the word '{w}'?"),
+    "opposite": ("Give the antonym of '{w}' in one word.", "What word means the opposite of '{w}'?",
+                 "Name the opposite of '{w}'."),
+    "larger": ("Which is bigger, {a} or {b}?", "Of {a} and {b}, which number is greater?",
+               "Pick the larger number: {a}, {b}."),
+}
+
+
+def rephrased(rng: random.Random, n: int) -> list[dict]:
+    """The nine kinds in other words: an equal share of each kind, each wording in turn."""
+    values = {
+        "add": lambda: (lambda a, b: ({"a": a, "b": b}, a + b))(rng.randint(2, 60), rng.randint(2, 60)),
+        "sub": lambda: (lambda a, b: ({"a": a, "b": b}, a - b))(rng.randint(20, 99), rng.randint(1, 19)),
+        "mul": lambda: (lambda a, b: ({"a": a, "b": b}, a * b))(rng.randint(2, 12), rng.randint(2, 12)),
+        "capital": lambda: (lambda c: ({"c": c}, CAPITALS[c]))(rng.choice(sorted(CAPITALS))),
+        "first": lambda: (lambda w: ({"w": w}, w[0]))(rng.choice(WORDS)),
+        "last": lambda: (lambda w: ({"w": w}, w[-1]))(rng.choice(WORDS)),
+        "length": lambda: (lambda w: ({"w": w}, len(w)))(rng.choice(WORDS)),
+        "opposite": lambda: (lambda w: ({"w": w}, OPPOSITES[w]))(rng.choice(sorted(OPPOSITES))),
+        "larger": lambda: (lambda a, b: ({"a": a, "b": b}, max(a, b)))(*rng.sample(range(1, 500), 2)),
+    }
+    kinds = list(REPHRASED)
+    seen, rows = set(), []
+    i = 0
+    while len(rows) < n:
+        kind = kinds[i % len(kinds)]
+        fields, answer = values[kind]()
+        q = REPHRASED[kind][(i // len(kinds)) % 3].format(**fields)
+        i += 1
+        if q in seen:
+            continue
+        seen.add(q)
+        rows.append({"id": f"rephrased-{len(rows):04d}", "prompt": q, "answer": str(answer), "kind": kind})
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seed", type=int, default=20261128)
-    ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rephrased", action="store_true", help="write the reworded eval set instead")
+    ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased)")
+    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    rows = make(random.Random(args.seed), args.n)
+    if args.rephrased:
+        rows = rephrased(random.Random(7 if args.seed is None else args.seed), args.n or 90)
+        args.out = args.out or OUT.with_name("demo-rephrased.jsonl")
+    else:
+        rows = make(random.Random(20261128 if args.seed is None else args.seed), args.n or 300)
+        args.out = args.out or OUT
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {len(rows)} prompts to {args.out}")

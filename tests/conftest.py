@@ -15,7 +15,7 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import TINY_TOKENIZER, build_tiny_model  # noqa: E402
+from tiny import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +61,13 @@ def write_recipe(folder: Path, text: str | None = None, prompts: list[dict] | No
 @pytest.fixture
 def recipe_file(tmp_path) -> Path:
     return write_recipe(tmp_path / "recipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as an f32 GGUF, written by llama.cpp's own converter."""
+    from edgedistill.formats import gguf
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf"
+    gguf.convert(tiny_model_dir, out, "f32", gguf.converter(), out.with_suffix(".log"))
+    return out

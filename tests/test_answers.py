@@ -40,7 +40,18 @@ def test_choice_options_are_read_from_the_question():
     assert choice_options("Pick a colour: red, green or blue?") == ["red", "green", "blue"]
     assert choice_options("Is 17 bigger or smaller than 20?") == ["bigger", "smaller"]
     assert choice_options("What is the capital of France?") == []
+    assert choice_options("Of 12 and 31, which number is greater?") == ["12", "31"]
+    assert choice_options("Pick the larger number: 12, 31.") == ["12", "31"]
+    assert choice_options("What is the sum of 12 and 31?") == []  # no comparison asked
     assert choice_options("anything", {"choices": ["A", "B"]}) == ["A", "B"]
+
+
+@pytest.mark.parametrize("prompt", ["Of 31 and 12, which number is greater?", "Pick the larger number: 12, 31.",
+                                    "Which is bigger, 12 or 31?"])
+@pytest.mark.parametrize("reply, expected", [("31", 1.0), ("31 is greater than 12.", 1.0),
+                                             ("12 is greater than 31.", 0.0), ("12", 0.0)])
+def test_reworded_comparisons(prompt, reply, expected):
+    assert qa(prompt, reply, "31") == expected
 
 
 def test_yes_no_takes_the_reply_s_verdict():
@@ -56,6 +67,7 @@ def test_yes_no_takes_the_reply_s_verdict():
     ("What is the capital of France?", "Paris is the capital of France.", "Paris", 1.0),
     ("What is the capital of France?", "The capital of France is Lyon.", "Paris", 0.0),
     ("What is the capital of India?", "New Delhi.", "New Delhi", 1.0),
+    ("What is the capital of Colombia?", "The capital of Colombia is Bogotá.", "Bogota", 1.0),
     ("What is 21 - 13?", "21 - 13 = 8", "8", 1.0),
     ("What is 21 - 13?", "8", "8", 1.0),
     ("What is 21 - 13?", "21 - 13 = 7", "8", 0.0),

@@ -3,11 +3,9 @@ with a message and no traceback."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
-import pytest
 from click.testing import CliRunner
 
 from edgedistill.cli import cli

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import write_recipe
 from edgedistill.bench import remote
 from edgedistill.cli import cli
-from edgedistill.rundir import Run, partial_path
+from edgedistill.rundir import partial_path
 from test_bench import SETTINGS, make_run
 from test_remote_bench import ssh_env, sshd  # noqa: F401  (fixtures: a real sshd on loopback)
 

@@ -31,7 +31,8 @@ EXPORT = {"parity_prompts": 2, "parity_max_new_tokens": 8,
 
 
 def record(i: int, split: str) -> dict:
-    return {"id": f"{split}{i}", "messages": [SYSTEM, {"role": "user", "content": f"What is {i} plus {i + 3}?"}],
+    question = {"role": "user", "content": f"What is {i} plus {i + 3}?"}
+    return {"id": f"{split}{i}", "messages": [SYSTEM, question],
             "response": str(2 * i + 3), "answer": str(2 * i + 3)}
 
 
@@ -139,14 +140,19 @@ def test_calibrated_gguf_loads_in_llama_cpp_and_its_kld_is_recorded(cal_run, tmp
                          "calibration"}
     assert "quant_loss_candidates" not in cal_run.stage_entry("quantize:gguf-q8_0")["metrics"]  # ignores one
     assert arts(cal_run)["gguf-q8_0"]["quant_loss"]["calibration"] == "none"
-    # the calibrated variant itself: llama.cpp loads it, generates, and it says what it was fed
-    out = tmp_path / "q4_0-imatrix.gguf"
-    extra = gguf_variant(cal_run, "q4_0", out, cal_run.export_dir / "calibration" / "imatrix.gguf")
-    assert extra["imatrix"] == "export/calibration/imatrix.gguf" and "Q4_0" in extra["tensor_types"]
-    fields = GGUFReader(str(out)).fields
-    assert int(fields["quantize.imatrix.entries_count"].parts[-1][0]) == 15
-    with runtimes.load("gguf", out) as rt:
-        assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
+    # calibrated variants themselves, low-bit ones too: llama.cpp loads each, generates, and each
+    # says what it was fed (hidden size 64 is no multiple of 256: k- and i-quants fall back here)
+    imx = cal_run.export_dir / "calibration" / "imatrix.gguf"
+    for qtype in ("q4_0", "q3_k_s", "q2_k", "iq4_xs"):
+        out = tmp_path / f"{qtype}-imatrix.gguf"
+        extra = gguf_variant(cal_run, qtype, out, imx)
+        assert extra["imatrix"] == "export/calibration/imatrix.gguf" and extra["tensor_types"]
+        fields = GGUFReader(str(out)).fields
+        assert int(fields["quantize.imatrix.entries_count"].parts[-1][0]) == 15
+        with runtimes.load("gguf", out) as rt:
+            assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
+    with pytest.raises(ConfigError, match="needs an importance matrix"):
+        gguf_variant(cal_run, "iq2_xxs", tmp_path / "iq2.gguf", None)
 
 
 def test_int4_is_built_with_and_without_gptq_and_both_are_recorded(cal_run):
@@ -274,3 +280,61 @@ def test_calibration_key_validates(tmp_path):
         load_recipe(write_recipe(tmp_path / "b", export={"quantize": {"calibration": "eval"}}))
     with pytest.raises(ConfigError, match="algo"):
         load_recipe(write_recipe(tmp_path / "c", export={"quantize": {"algo": "awq"}}))
+
+
+def test_gptq_as_used_propagates_rounding_error_unlike_plain_onnxruntime():
+    """onnxruntime 1.32's GPTQ equals round-to-nearest (it reads a zero triangle of its inverse
+    Hessian factor); the corrected call must beat RTN on a correlated layer, and leave the
+    library as it was afterwards."""
+    from onnxruntime.quantization.neural_compressor import weight_only as wo
+
+    from edgedistill.formats import gptq
+
+    plain = gptq._layer_error_ratio(wo)
+    with gptq.ort_gptq():
+        assert gptq._layer_error_ratio(wo) < 0.5
+    assert wo.np is np and gptq._layer_error_ratio(wo) == pytest.approx(plain)
+    assert gptq.pack([[1, 2, 3], [4, 5], [6]], 4) == [[1, 2, 3, 4], [5, 6]]
+
+
+def test_a_tied_lm_head_gives_its_statistics_to_the_embeddings(tmp_path):
+    """With tied embeddings the converter writes no output.weight; llama.cpp multiplies by
+    token_embd.weight instead, so that is where the head's input statistics go."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from edgedistill.formats import gguf, imatrix
+    from tiny import TINY_TOKENIZER
+
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, tie_word_embeddings=True))
+    model.save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    conv = gguf.converter()
+    gguf.convert(tmp_path / "tied", tmp_path / "tied.gguf", "f16", conv, tmp_path / "convert.log")
+    stats = imatrix.collect(tmp_path / "tied", [list(range(5, 40))])
+    written = imatrix.write(stats, tmp_path / "tied.gguf", tmp_path / "imatrix.gguf", "task", 1, 35, conv)
+    assert written["mapped"]["lm_head"] == "token_embd.weight" and "output.weight" not in written["tensors"]
+    cover = imatrix.coverage(written)
+    assert cover["missing"] == [] and cover["entries"] == cover["matrix_weights"] == 8
+    assert imatrix.read(tmp_path / "imatrix.gguf")["token_embd.weight"].shape == (32,)
+
+
+def test_leak_check_matches_whole_prompts_not_fragments(tmp_path):
+    from edgedistill.formats.calibration import check_no_leak
+
+    run = Run.create(tmp_path / "run", load_recipe(write_recipe(tmp_path / "recipe")))
+
+    def chat(i, text):
+        return {"id": i, "messages": [SYSTEM, {"role": "user", "content": text}], "response": "ok"}
+
+    write_jsonl(run.eval_data, [chat("e1", "Hi"), chat("e2", "What is the capital of France?")])
+    write_jsonl(run.train_data, [chat("t1", "Say this to him"), chat("t2", "What is the capital of Spain?")])
+    assert check_no_leak(run, "task") == {"eval_prompts": 2, "overlap": 0}  # shared system turn ignored
+    for leaking in ("  hi ", "Quiz: what is the CAPITAL of France ? Then Spain."):
+        write_jsonl(run.train_data, [chat("t1", "Say this to him"), chat("t3", leaking)])
+        with pytest.raises(DataError, match="'t3' holds eval prompt"):
+            check_no_leak(run, "task")

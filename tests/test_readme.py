@@ -24,3 +24,17 @@ def test_ci_runs_the_readme_commands():
     tests = re.search(r"^(python3 -m pytest)\s*$", readme, re.M)
     assert install and tests, "README gives the install and test commands on their own lines"
     assert install.group(1) in ci and tests.group(1) in ci
+
+
+def test_demo_results_match_their_snapshot():
+    """The README's demo figures are rendered from docs/demo-results.json, the snapshot
+    scripts/gen_demo_table.py takes of a real run's report.json and manifest.json."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/gen_demo_table.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    import json
+
+    snap = json.loads((ROOT / "docs" / "demo-results.json").read_text())
+    assert snap["eval"]["n"] >= 100 and snap["teacher"]["score"] is not None
+    for a in snap["artifacts"]:  # every figure shown has its interval beside it
+        assert a["retention_ci95"] and a["retention_ci95"][0] <= a["retention"] <= a["retention_ci95"][1]

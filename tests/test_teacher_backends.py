@@ -38,7 +38,7 @@ def test_gguf_backend(smollm2_gguf, tmp_path):
     assert all(len(s["top_logprobs"]) == 2 for r in log for s in r["logprobs"])
     assert any("5" in (r["response"] or "") for r in log if r["id"] == "p0"), log
     m = metrics(tmp_path / "run")
-    assert m["accepted"] + m["rejected"] == 3 and m["eval"] == 1
+    assert m["train_prompts"] == 2 and m["eval"] == 1 and m["asked"] == 3
 
 
 def test_serve_a_packaged_gguf(tmp_path):

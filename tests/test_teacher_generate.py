@@ -36,7 +36,7 @@ def prompts(n: int) -> list[dict]:
 
 def teacher(url, **kw) -> dict:
     return {"backend": "openai", "model": "smollm2", "base_url": url, "max_tokens": 8,
-            "temperature": 0.0, "concurrency": 2, "min_success_ratio": 0.0,
+            "temperature": 0.0, "concurrency": 2, "min_success_ratio": 0.0, "retries_on_wrong": 0,
             "accept_finish_reasons": ["stop", "length"], **kw}
 
 
@@ -74,10 +74,13 @@ def test_full_run(server, tmp_path, monkeypatch):
     log = read_jsonl(data / "teacher.jsonl")
     assert len(log) == 7 and len({r["key"] for r in log}) == 7
     m = metrics(run_dir)
-    assert (m["prompts_in"], m["exact_duplicates"], m["near_duplicates"], m["prompts"]) == (9, 1, 1, 7)
-    assert m["asked"] == 7 and m["completion_tokens"] > 0 and m["accepted"] + m["rejected"] == 7
+    assert m["duplicates_removed"] == {"exact": 1, "near": 1} and m["prompts"] == 7
+    assert m["asked"] == 7 and m["completion_tokens"] > 0 and m["train_prompts"] == 5 and m["eval"] == 2
     train, evals = read_jsonl(data / "train.jsonl"), read_jsonl(data / "eval.jsonl")
-    assert len(evals) == 2 and len(train) == m["accepted"] - sum(e["response"] is not None for e in evals)
+    rejected_train = [r for r in read_jsonl(data / "rejected.jsonl") if r["split"] == "train"]
+    assert len(evals) == 2 and len(train) == m["train"] and len(train) + len(rejected_train) == 5
+    assert all(e["response"] for e in evals)  # eval replies are kept as the teacher gave them
+    assert {t["verified"] for t in train} <= {"unverified", "gold"}
     assert not {e["id"] for e in evals} & {t["id"] for t in train}
     assert {p["id"] for p in read_jsonl(data / "prompts.jsonl")} == {f"q{i:02d}" for i in range(6)} | {"gold"}
     for rec in train + evals:
@@ -105,7 +108,7 @@ def test_full_run(server, tmp_path, monkeypatch):
     result = generate(recipe, run_dir, "--set", "teacher.accept_finish_reasons=[tool_calls]",
                       "--set", "teacher.min_success_ratio=0.5")
     assert result.exit_code == 1, result.output
-    assert "Only 0 of 7 teacher answers passed validation" in result.output
+    assert "Only 0 of 5 train prompts got a verified teacher answer" in result.output
     assert Counter(r["reason"] for r in read_jsonl(data / "rejected.jsonl")) == Counter(
         f"finish_reason:{r['finish_reason']}" for r in log)
 

@@ -14,7 +14,7 @@ from edgedistill.cli import cli
 from edgedistill.data import read_jsonl
 from edgedistill.teacher import BACKENDS, backend_module
 from edgedistill.teacher.dedup import dedupe, near_duplicates, split_ids
-from edgedistill.teacher.generate import is_refusal
+from edgedistill.teacher.verify import is_refusal
 from edgedistill.teacher.resume_log import open_log, read_log
 from edgedistill.teacher.backends.openai import retry_after_s, shown
 from servers import FaultProxy, closed_port_url
@@ -111,7 +111,7 @@ def test_resume_log_repairs_torn_tail(tmp_path):
 
 def test_resume_key_covers_model_params_and_messages():
     from edgedistill.config import TeacherConfig
-    from edgedistill.teacher.generate import make_request
+    from edgedistill.teacher.asking import make_request
 
     cfg = TeacherConfig(model="m", base_url="http://x/v1")
     prompt = {"id": "a", "prompt": "Hi"}

@@ -44,13 +44,15 @@ def test_train_moves_the_adapter_not_the_base(tmp_path, tiny_model_dir):
     entry = run.stage_entry("train")
     m = entry["metrics"]
     assert entry["status"] == "done" and m["steps"] == 6 and m["seed"] == 0
-    assert m["eval_loss"] is not None and m["train_examples"] == 24 and m["eval_examples"] == 6
+    # the dev slice comes from train.jsonl (never eval.jsonl): 2 of its 24 records
+    assert m["train_examples"] == 22 and m["dev_examples"] == 2 and m["dev_history"]
+    assert m["method"] == "lora" and m["precision"] in ("fp32", "bf16")
     assert m["tokens_per_s"] > 0 and m["trained_tokens"] < m["train_tokens"]
     rows = [json.loads(line) for line in (run.logs_dir / "train.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in step_rows] == list(range(1, 7))
     assert all({"step", "loss", "lr", "tokens_per_s"} <= set(r) for r in step_rows)
-    assert any("eval_loss" in r for r in rows)
+    assert any("dev_loss" in r and "dev_score" in r for r in rows)
     assert "student/adapter" in entry["outputs"] and "logs/train.jsonl" in entry["outputs"]
     assert not run.checkpoints_dir.exists()  # cleared once the adapter is in place
 
@@ -265,3 +267,100 @@ def test_two_process_accelerate_run(tmp_path, tiny_model_dir):
     m = run.stage_entry("train")["metrics"]
     assert m["processes"] == 2 and m["steps"] == 4
     assert all(float(t.abs().max()) > 0 for k, t in _adapter_tensors(run.adapter_dir).items() if "lora_B" in k)
+
+
+def _dev_loss(model_dir: Path, adapter: Path | None, run) -> float:
+    """Mean loss of a model over the dev slice, as the Trainer computes its eval loss."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from edgedistill.data import read_jsonl
+    from edgedistill.train.collate import Collator, encode_example
+    from edgedistill.train.dev import split_dev
+    from edgedistill.train.student import load_tokenizer
+
+    cfg = run.recipe.train
+    tok = load_tokenizer(str(model_dir))
+    _, dev = split_dev(read_jsonl(run.train_data), cfg.dev_fraction, cfg.dev_max, cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    collate = Collator(pad_id=tok.pad_token_id, packing=False)
+    examples = [encode_example(tok, r, cfg.max_length) for r in dev]
+    total = 0.0
+    with torch.no_grad():  # the Trainer's eval loss: each batch's mean loss, weighted by its size
+        for i in range(0, len(examples), cfg.batch_size):
+            chunk = examples[i:i + cfg.batch_size]
+            total += float(model(**collate(chunk)).loss) * len(chunk)
+    return total / len(examples)
+
+
+def test_the_best_checkpoint_on_the_dev_slice_is_kept(tmp_path, tiny_model_dir):
+    """With a learning rate that overshoots, the dev loss rises again; the adapter written is the
+    one from the evaluation with the lowest dev loss, not the last step's."""
+    from edgedistill.train.finetune import train
+
+    run = make_run(tmp_path, tiny_model_dir, max_steps=12, eval_steps=2, learning_rate=0.3,
+                   select="dev_loss", dev_fraction=0.2, precision="fp32", n_train=40)
+    train(run)
+    m = run.stage_entry("train")["metrics"]
+    losses = {h["step"]: h["eval_loss"] for h in m["dev_history"]}
+    assert sorted(losses) == [2, 4, 6, 8, 10, 12] and m["dev_examples"] == 8
+    best = min(losses, key=losses.get)
+    assert m["best_step"] == best
+    kept = _dev_loss(tiny_model_dir, run.adapter_dir, run)
+    assert kept == pytest.approx(losses[best], rel=1e-3)
+    assert min(losses, key=lambda step: abs(losses[step] - kept)) == best  # nearest of all evaluations
+    if best != 12:  # the last step was worse: what was kept is not the last step
+        assert losses[12] > losses[best]
+
+
+def test_epochs_auto_stops_when_the_dev_score_stops_improving(tmp_path, tiny_model_dir):
+    from edgedistill.train.finetune import train
+
+    run = make_run(tmp_path, tiny_model_dir, max_steps=None, epochs="auto", max_epochs=6, patience=1,
+                   learning_rate=1e-6, batch_size=8, precision="fp32", n_train=32)
+    train(run)  # a learning rate too small to change a greedy answer: the dev score cannot rise
+    m = run.stage_entry("train")["metrics"]
+    assert m["stopped_early"] and m["epochs"] <= 2 + 1e-6 and m["select"] == "dev_score"
+    assert all("eval_dev_score" in h for h in m["dev_history"])
+
+
+def test_full_fine_tune_writes_a_model_and_merge_takes_it(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from edgedistill.train.finetune import train
+    from edgedistill.train.merge import merge
+
+    run = make_run(tmp_path, tiny_model_dir, max_steps=4, method="full", learning_rate=1e-3,
+                   precision="fp32")
+    train(run)
+    m = run.stage_entry("train")["metrics"]
+    assert m["method"] == "full" and m["learning_rate"] == 1e-3
+    assert m["trainable_parameters"] > 100_000  # every weight, not an adapter
+    trained = load_file(run.finetuned_dir / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    moved = [k for k in base if not torch_equal(base[k], trained[k])]
+    assert len(moved) > len(base) // 2 and not run.adapter_dir.exists()
+    merge(run)
+    merged = load_file(run.merged_dir / "model.safetensors")
+    assert all(torch_equal(trained[k], merged[k]) for k in trained)
+    assert run.stage_entry("merge")["metrics"]["max_abs_logit_diff"] == 0.0
+
+
+def test_lora_covers_every_linear_projection_by_default(tmp_path, tiny_model_dir):
+    from edgedistill.train.finetune import train
+
+    run = make_run(tmp_path, tiny_model_dir, max_steps=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    assert run.recipe.train.lora.target_modules == "all-linear"
+    train(run)
+    names = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in _adapter_tensors(run.adapter_dir)}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -67,10 +67,12 @@ def canonical_number(raw: str) -> str | None:
 
 
 def normalize_answer(text: str | None) -> str:
-    """Lowercase, NFKC, numbers canonical, no articles or punctuation, single spaces."""
+    """Lowercase, accents folded ("Bogotá" is "bogota"), numbers canonical, no articles or
+    punctuation, single spaces."""
     if not text:
         return ""
-    s = unicodedata.normalize("NFKC", text).lower().strip()
+    s = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
+    s = "".join(c for c in s if not unicodedata.combining(c)).lower().strip()
     s = _PLAIN_NUMBER.sub(lambda m: canonical_number(m.group()) or m.group(), s)
     s = s.replace(",", " ").translate(str.maketrans("", "", _PUNCT))
     s = re.sub(r"(?<!\d)\.|\.(?!\d)", "", s)  # . only inside numbers ("u.s.a." is "usa")
@@ -154,6 +156,14 @@ def choice_options(question: str, record: dict[str, Any] | None = None) -> list[
         return [str(c) for c in choices]
     if re.search(r"\byes\b\s*(?:,|/|or)\s*\bno\b", question, re.I):
         return ["yes", "no"]
+    if _polarity(question):  # "Of 12 and 31, which is larger?", "Pick the larger: 12, 31."
+        m = re.search(r"\b(?:between|of)\s+([\w.-]+)\s+and\s+([\w.-]+)\b", question, re.I)
+        if m and not re.search(r"\bor\b", question, re.I):
+            return [m.group(1), m.group(2)]
+        m = re.search(r":\s*([^:?!]+?)[.?!]?\s*$", question)
+        items = [p.strip(" '\"") for p in re.split(r",\s*(?:and\s+|or\s+)?|\s+(?:or|and)\s+", m.group(1))] if m else []
+        if 2 <= len(items) <= 5 and all(0 < len(p.split()) <= 3 for p in items):
+            return items
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", question.strip()) if re.search(r"\bor\b", s, re.I)]
     if not sentences:
         return []

@@ -1,12 +1,13 @@
-"""eval: the retention ladder on the eval split.
+"""eval: the retention ladder on the eval split (and on each ``data.eval_sets`` set).
 
 Rungs, each scored with the task's metric (:mod:`edgedistill.evaluate.metrics`) on the same examples:
 the teacher (its answers from ``generate``, never asked again), the student before distillation,
 the merged student, and every exported artifact run in its own runtime
 (:mod:`edgedistill.runtimes`). The reference of an example is its gold answer when the data has
 one, else the teacher's reply; the summary says which. Every rung writes its per-example outputs
-and scores to RUN/eval/<rung>.jsonl, so each score can be recomputed; RUN/eval/summary.json holds
-the corpus scores and ``retention = score / teacher score``.
+and scores to RUN/eval/<rung>.jsonl (RUN/eval/<set>/<rung>.jsonl for an eval set), so each score
+can be recomputed; RUN/eval/summary.json holds the corpus scores, ``retention = score / teacher
+score`` and their paired-bootstrap 95% intervals (``sets``: the same for each eval set).
 
 A rung whose model, eval settings and data are unchanged since the last eval is reused, so adding
 one artifact re-scores only that artifact.
@@ -45,13 +46,18 @@ def reference_of(rec: dict[str, Any]) -> tuple[str, str, bool] | None:
     return None
 
 
-def _examples(run: Run) -> tuple[list[dict[str, Any]], int]:
+def _examples(run: Run, path: Path) -> tuple[list[dict[str, Any]], int]:
     recipe = run.recipe
-    records = read_jsonl(run.eval_data)
+    records = read_jsonl(path)
     if recipe.eval.limit:
         records = records[: recipe.eval.limit]
     usable = [r for r in records if reference_of(r) is not None]
     return usable, len(records) - len(usable)
+
+
+def eval_sets(run: Run) -> dict[str, Path]:
+    """The held-out sets to score: ``eval`` (the split) and each ``data.eval_sets`` entry."""
+    return {"eval": run.eval_data, **{n: run.eval_set_data(n) for n in run.recipe.data.eval_sets}}
 
 
 def _score_rows(task: str, examples: list[dict[str, Any]],
@@ -65,22 +71,26 @@ def _score_rows(task: str, examples: list[dict[str, Any]],
 
 
 def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new_tokens: int,
-                  label: str) -> list[dict[str, Any]]:
+                  label: str, batch_size: int = 16) -> list[dict[str, Any]]:
+    """The rung's reply to every example (one load of the model for all of them), generated in
+    batches of ``batch_size`` (:meth:`edgedistill.runtimes.Runtime.generate_batch`); an output's
+    ``seconds`` is its share of its batch's wall time."""
     from tqdm import tqdm
 
     from edgedistill import runtimes
 
-    outputs = []
     t0 = time.perf_counter()
     with runtimes.load(kind, path) as rt:
         loaded = time.perf_counter() - t0
-        for rec in tqdm(examples, desc=f"eval {label}", unit="ex", leave=False, disable=None):
-            g = rt.generate(rec["messages"], max_new_tokens)
-            outputs.append({"prediction": g.text, "finish_reason": g.finish_reason,
-                            "prompt_tokens": len(g.prompt_ids), "new_tokens": len(g.token_ids),
-                            "seconds": round(g.seconds, 4)})
-    log.info("eval %s: loaded in %.1f s, %d examples in %.1f s", label, loaded, len(examples),
-             time.perf_counter() - t0 - loaded)
+        with tqdm(total=len(examples), desc=f"eval {label}", unit="ex", leave=False, disable=None) as bar:
+            gens = rt.generate_batch([rec["messages"] for rec in examples], max_new_tokens,
+                                     batch_size=batch_size, progress=bar.update)
+    outputs = [{"prediction": g.text, "finish_reason": g.finish_reason,
+                "prompt_tokens": len(g.prompt_ids), "new_tokens": len(g.token_ids),
+                "seconds": round(g.seconds, 4)} for g in gens]
+    spent = time.perf_counter() - t0 - loaded
+    log.info("eval %s: loaded in %.1f s, %d examples in %.1f s (%.2f examples/s, batches of %d)",
+             label, loaded, len(examples), spent, len(examples) / spent if spent > 0 else 0.0, batch_size)
     return outputs
 
 
@@ -116,66 +126,97 @@ def _rung_key(rung: dict[str, Any], settings: dict[str, Any]) -> str:
 
 
 def evaluate(run: Run, *, force: bool = False) -> None:
-    """Score the teacher, the student before and after distillation, and every artifact."""
+    """Score the teacher, the student before and after distillation, and every artifact, on the
+    eval split and on every ``data.eval_sets`` set."""
     run.require("generate", needed_by="eval")
     recipe = run.recipe
     task = recipe.task
     rungs = _rungs(run)
-    inputs = [run.eval_data] + [r["path"] for r in rungs if r["name"] != BASE]
+    paths = eval_sets(run)
+    inputs = list(paths.values()) + [r["path"] for r in rungs if r["name"] != BASE]
     stage = run.begin("eval", inputs=inputs, force=force)
     if stage is None:
         return
-    examples, skipped = _examples(run)
-    if not examples:
+    sets = {name: _examples(run, path) for name, path in paths.items()}
+    if not sets["eval"][0]:
         raise DataError(f"{run.eval_data} has no example with a gold answer or a teacher reply.",
                         hint=f"Re-run `edgedistill generate {run.config_path} --run-dir {run.root} --force`.")
-    sources = {reference_of(r)[0] for r in examples}
-    settings = {"task": task, "max_new_tokens": recipe.eval.max_new_tokens, "ids": [r["id"] for r in examples],
-                "data": digest(run.eval_data)["sha256"], "metrics_version": 2}
-    previous = _previous(run)
     metric = metrics.primary_metric(task)
-    summary: dict[str, Any] = {
-        "metric": metric, "task": task,
-        "reference": sources.pop() if len(sources) == 1 else "mixed",
-        "n": len(examples), "skipped_no_reference": skipped,
-        "max_new_tokens": recipe.eval.max_new_tokens, "rungs": {},
-    }
+    summaries = {name: _new_summary(metric, task, examples, skipped, recipe.eval.max_new_tokens)
+                 for name, (examples, skipped) in sets.items()}
+    previous = _previous(run)
     with stage:
-        teacher_rows = _score_rows(task, examples, [
-            {"prediction": r.get("response"), "finish_reason": (r.get("provenance") or {}).get("finish_reason"),
-             "rejected": r.get("rejected")} for r in examples])
-        _write_rung(run, stage, summary, {"name": TEACHER, "model": recipe.teacher.model, "kind": "teacher"},
-                    teacher_rows, task, key=None)
+        for name, (examples, _) in sets.items():
+            teacher_rows = _score_rows(task, examples, [
+                {"prediction": r.get("response"), "rejected": r.get("rejected"),
+                 "finish_reason": (r.get("provenance") or {}).get("finish_reason")} for r in examples])
+            _write_rung(run, stage, summaries[name], {"name": TEACHER, "model": recipe.teacher.model,
+                                                      "kind": "teacher"}, teacher_rows, task, None, name)
         for rung in rungs:
+            # batch_size: batched replies can differ from one-at-a-time ones where two logits
+            # nearly tie (other kernel shapes, other float summation order)
+            settings = {"task": task, "max_new_tokens": recipe.eval.max_new_tokens, "metrics_version": 3,
+                        "batch_size": recipe.eval.batch_size,
+                        "sets": {n: [digest(paths[n])["sha256"], [r["id"] for r in ex]]
+                                 for n, (ex, _) in sets.items()}}
             key = _rung_key(rung, settings)
-            old = previous.get(rung["name"], {})
-            path = run.eval_dir / f"{rung['name']}.jsonl"
-            if not force and old.get("key") == key and path.is_file():
-                log.info("eval %s: unchanged, reusing %s", rung["name"], run.rel(path))
-                rows = read_jsonl(path)
+            files = {n: _rung_file(run, n, rung["name"]) for n in sets}
+            if not force and previous.get(rung["name"], {}).get("key") == key and \
+                    all(f.is_file() for f in files.values()):
+                log.info("eval %s: unchanged, reusing %s", rung["name"], run.rel(files["eval"]))
+                rows = {n: read_jsonl(f) for n, f in files.items()}
             else:
-                outputs = _generate_all(rung["kind"], rung["path"], examples,
-                                        recipe.eval.max_new_tokens, rung["name"])
-                rows = _score_rows(task, examples, outputs)
-            _write_rung(run, stage, summary, rung, rows, task, key=key)
-        teacher_score = summary["rungs"][TEACHER]["score"]
-        from edgedistill.evaluate.bootstrap import rung_intervals  # n, score_ci95, retention_ci95
-
-        per_example = summary.pop("_per_example")  # {rung: {example id: score}}, from _write_rung
-        for name, entry in summary["rungs"].items():
-            entry["retention"] = round(entry["score"] / teacher_score, 6) if teacher_score > 0 else None
-            entry.update(rung_intervals(per_example[name], per_example[TEACHER]))
+                every = [r for ex, _ in sets.values() for r in ex]
+                outputs = iter(_generate_all(rung["kind"], rung["path"], every, recipe.eval.max_new_tokens,
+                                             rung["name"], batch_size=recipe.eval.batch_size))
+                rows = {n: _score_rows(task, ex, [next(outputs) for _ in ex]) for n, (ex, _) in sets.items()}
+            for n in sets:
+                _write_rung(run, stage, summaries[n], rung, rows[n], task, key, n)
+        for summary in summaries.values():
+            _retention(summary)
+        summary = summaries.pop("eval")
+        if summaries:
+            summary["sets"] = summaries
         _write_json(stage.output(run.eval_dir / SUMMARY), summary)
-        stage.metrics.update(metric=metric, reference=summary["reference"], n=len(examples),
+        stage.metrics.update(metric=metric, reference=summary["reference"], n=summary["n"],
                              scores={k: v["score"] for k, v in summary["rungs"].items()},
-                             retention={k: v["retention"] for k, v in summary["rungs"].items()})
+                             retention={k: v["retention"] for k, v in summary["rungs"].items()},
+                             sets={n: {"n": s["n"], "retention": {k: v["retention"] for k, v in s["rungs"].items()}}
+                                   for n, s in summaries.items()})
     _log_ladder(summary)
+    for name, s in summaries.items():
+        log.info("eval set %s:", name)
+        _log_ladder(s)
     log.info("Wrote %s", run.eval_dir / SUMMARY)
 
 
+def _new_summary(metric: str, task: str, examples: list[dict[str, Any]], skipped: int,
+                 max_new_tokens: int) -> dict[str, Any]:
+    sources = {reference_of(r)[0] for r in examples}
+    return {"metric": metric, "task": task,
+            "reference": sources.pop() if len(sources) == 1 else "mixed" if sources else None,
+            "n": len(examples), "skipped_no_reference": skipped, "max_new_tokens": max_new_tokens,
+            "rungs": {}}
+
+
+def _retention(summary: dict[str, Any]) -> None:
+    """retention = score / teacher score per rung, with paired-bootstrap intervals."""
+    from edgedistill.evaluate.bootstrap import rung_intervals  # n, score_ci95, retention_ci95
+
+    teacher_score = summary["rungs"][TEACHER]["score"]
+    per_example = summary.pop("_per_example")  # {rung: {example id: score}}, from _write_rung
+    for name, entry in summary["rungs"].items():
+        entry["retention"] = round(entry["score"] / teacher_score, 6) if teacher_score > 0 else None
+        entry.update(rung_intervals(per_example[name], per_example[TEACHER]))
+
+
+def _rung_file(run: Run, eval_set: str, rung: str) -> Path:
+    return run.eval_dir / (f"{rung}.jsonl" if eval_set == "eval" else f"{eval_set}/{rung}.jsonl")
+
+
 def _write_rung(run: Run, stage: Stage, summary: dict[str, Any], rung: dict[str, Any],
-                rows: list[dict[str, Any]], task: str, key: str | None) -> None:
-    path = run.eval_dir / f"{rung['name']}.jsonl"
+                rows: list[dict[str, Any]], task: str, key: str | None, eval_set: str = "eval") -> None:
+    path = _rung_file(run, eval_set, rung["name"])
     write_jsonl(stage.output(path), rows)
     agg = metrics.aggregate(rows, task)
     summary.setdefault("_per_example", {})[rung["name"]] = {r["id"]: r.get("score") for r in rows}

@@ -10,9 +10,10 @@
   chat records with ``messages``/``prompt`` and ``response``), any other file plain text, cut into
   windows of :data:`TEXT_WINDOW` tokens.
 
-Before anything is built, :func:`check_no_leak` refuses a source that holds an eval prompt (the
-prompt turns of an eval record, case and spacing ignored, equal to a calibration prompt or found
-inside a calibration text). What the quantizers then use is written to
+Before anything is built, :func:`check_no_leak` refuses a source that holds an eval prompt: the
+prompt turns of an eval record (case, spacing and the shared system turn ignored) equal to a
+calibration prompt, or, when at least :data:`MIN_CONTAINED` words long, found word for word inside
+a calibration text. What the quantizers then use is written to
 RUN/export/calibration/calibration.json: the source, the token ids of every sample, their count and
 the sha256 of the rendered texts; the ``quantize:calibration`` manifest stage records the same.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,13 @@ log = logging.getLogger(__name__)
 TEXT_WINDOW = 128  # tokens per sample of a generic text file
 
 
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+MIN_CONTAINED = 4  # an eval prompt this many tokens long leaks when found inside a calibration text
+
+
 def normalize(text: str) -> str:
-    return " ".join(text.lower().split())
+    """Lower case, words and punctuation marks separated by single spaces."""
+    return " ".join(_TOKEN.findall(text.lower()))
 
 
 def prompt_key(messages: list[dict[str, str]]) -> str:
@@ -133,7 +140,9 @@ def check_no_leak(run: Any, spec: str) -> dict[str, Any]:
             same = evals.get(key)
         else:
             hay, same = normalize(s["text"]), None
-        hit = same if same is not None else next((i for k, i in evals.items() if k in hay), None)
+        hit = same if same is not None else next(
+            (i for k, i in evals.items() if k.count(" ") + 1 >= MIN_CONTAINED and f" {k} " in f" {hay} "),
+            None)
         if hit is not None:
             leaks.append((s["id"], hit))
     if leaks:

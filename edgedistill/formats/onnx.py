@@ -55,16 +55,8 @@ def sensitive_layers(n: int) -> list[int]:
     return [i for i in range(n) if i < n / 8 or i >= 7 * n / 8 or (i - round(n / 8)) % 3 == 2]
 
 
-def _model_config(model_dir: Path) -> dict:
+def model_config(model_dir: Path) -> dict:
     return json.loads((model_dir / "config.json").read_text())
-
-
-def sensitive_matmuls(model_dir: Path) -> list[str]:
-    """The MatMuls llama.cpp's Q4_K_M keeps at higher precision (attention V and MLP down
-    projections of the :func:`sensitive_layers`), named as optimum's exporter names them."""
-    n = int(_model_config(model_dir).get("num_hidden_layers") or 0)
-    return [f"/model/layers.{i}/{proj}/MatMul" for i in sensitive_layers(n)
-            for proj in ("self_attn/v_proj", "mlp/down_proj")]
 
 
 _SENSITIVE = re.compile(r"/model/layers\.(\d+)/(self_attn/v_proj|attn/v_proj|attn/qkv_proj|mlp/down_proj)"
@@ -87,7 +79,7 @@ def check_block_size(model_dir: Path, block_size: int) -> None:
     """An int4 block must tile every MatMul's input dimension (hidden and intermediate size)."""
     import math
 
-    cfg = _model_config(model_dir)
+    cfg = model_config(model_dir)
     dims = [d for d in (cfg.get("hidden_size"), cfg.get("intermediate_size")) if d]
     if dims and any(d % block_size for d in dims):
         g = math.gcd(*dims)
@@ -96,73 +88,6 @@ def check_block_size(model_dir: Path, block_size: int) -> None:
                           f"hidden/intermediate sizes {dims}.",
                           hint=f"Valid block sizes here: {', '.join(map(str, valid)) or 'none of 16-256'}"
                                f" (--set export.quantize.int4_block_size={valid[-1] if valid else 16}).")
-
-
-class TokenReader:
-    """onnxruntime's CalibrationDataReader over token sequences: every input of the graph for a
-    prefill of each sequence (input_ids, attention_mask, position_ids when the graph has them, and
-    an empty past for every KV-cache input), names and KV shapes read from the graph itself, so
-    optimum's and ORT GenAI's layouts both work."""
-
-    def __init__(self, model: "onnx.ModelProto", sequences: list[list[int]], model_dir: Path):
-        import numpy as np
-        from onnx import TensorProto
-
-        cfg = _model_config(model_dir)
-        heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-        init = {i.name for i in model.graph.initializer}
-        self.feeds = []
-        inputs = [i for i in model.graph.input if i.name not in init]
-        for ids in sequences:
-            n, feed = len(ids), {}
-            for i in inputs:
-                t = i.type.tensor_type
-                if i.name == "input_ids":
-                    feed[i.name] = np.array([ids], dtype=np.int64)
-                elif i.name == "attention_mask":
-                    feed[i.name] = np.ones((1, n), dtype=np.int64)
-                elif i.name == "position_ids":
-                    feed[i.name] = np.arange(n, dtype=np.int64)[None]
-                elif i.name.startswith("past_key_values"):
-                    dims = [d.dim_value for d in t.shape.dim]
-                    shape = (1, dims[1] or heads, 0, dims[3] or head_dim)
-                    dtype = np.float16 if t.elem_type == TensorProto.FLOAT16 else np.float32
-                    feed[i.name] = np.zeros(shape, dtype=dtype)
-                else:
-                    raise ArtifactError(f"ONNX: GPTQ calibration cannot feed the graph input {i.name!r}.",
-                                        hint="Use --set export.quantize.algo=k_quant for this model.")
-            self.feeds.append(feed)
-        self._next = 0
-
-    def get_next(self) -> dict | None:
-        if self._next >= len(self.feeds):
-            return None
-        self._next += 1
-        return self.feeds[self._next - 1]
-
-    def __iter__(self):
-        return iter(self.get_next, None)
-
-
-def _gptq(model: "onnx.ModelProto", block_size: int, sensitive: list[str], reader: TokenReader):
-    """The sensitive MatMuls at 8 bits (round-to-nearest, symmetric, as today's mix), then GPTQ
-    at 4 bits over every MatMul left (ORT's GPTQ cannot exclude nodes itself; once the sensitive
-    ones are MatMulNBits it no longer sees them)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (GPTQWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
-
-    keep = set(sensitive)
-    rest = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep]
-    q8 = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
-                              accuracy_level=4, nodes_to_exclude=rest)
-    q8.process()
-    q4 = MatMulNBitsQuantizer(q8.model.model, bits=4, block_size=block_size, is_symmetric=False,
-                              accuracy_level=4,
-                              algo_config=GPTQWeightOnlyQuantConfig(calibration_data_reader=reader,
-                                                                    percdamp=0.01, block_size=128))
-    q4.process()
-    return q4.model
 
 
 def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: str = "rtn",
@@ -199,12 +124,14 @@ def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: s
             quant.process()
             out = quant.model
         else:
-            n_layers = int(_model_config(model_dir).get("num_hidden_layers") or 0)
+            n_layers = int(model_config(model_dir).get("num_hidden_layers") or 0)
             sensitive = sensitive_nodes(model, n_layers, last_matmul)
             if algo == "gptq":
                 if not calibration:
                     raise ArtifactError("ONNX: GPTQ needs calibration sequences and got none.")
-                out = _gptq(model, block_size, sensitive, TokenReader(model, calibration, model_dir))
+                from edgedistill.formats.gptq import gptq_int4
+
+                out = gptq_int4(model, block_size, sensitive, calibration, model_config(model_dir))
             else:
                 mixed = {name: {"bits": 8} for name in sensitive}
                 config = (KQuantWeightOnlyQuantConfig if algo == "k_quant" else RTNWeightOnlyQuantConfig)(

@@ -71,8 +71,7 @@ def _calibration(ctx: Context, stage: Any) -> None:
     run, q = ctx.run, ctx.run.recipe.export.quantize
     cal = calib.build(run, ctx.spec, q.calibration_samples, run.recipe.train.max_length)
     ctx.cal_dir.mkdir(parents=True, exist_ok=True)
-    calib.save(cal, stage.output(ctx.cal_file))
-    ctx._cal = cal
+    calib.save(cal, stage.output(ctx.cal_file))  # read back by the jobs after this stage
     stage.metrics["calibration"] = cal.record()
     log.info("calibration: %d samples, %d tokens from %s (sha256 %s…)", len(cal.ids), cal.tokens,
              cal.source, cal.sha256[:12])
@@ -99,23 +98,23 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
     keep the calibrated one only when its answer-position KLD is lower than the first's. Returns
     (scratch dir, artifact path, extras) of the kept one; records both measurements."""
     kind = FORMATS[fmt].kind
-    built = []
+    built, scratches = [], []
     try:
         for label, build in candidates:
-            scratch = scratch_dir(ctx.run, f"{fmt}-{precision}-{label.partition(':')[0]}")
-            path, extra = build(scratch)
-            built.append((label, scratch, path, extra, measure(ctx.loss, kind, path, label)))
+            scratches.append(scratch_dir(ctx.run, f"{fmt}-{precision}-{label.partition(':')[0]}"))
+            path, extra = build(scratches[-1])
+            built.append((label, scratches[-1], path, extra, measure(ctx.loss, kind, path, label)))
         kept = built[0]
-        for cand in built[1:]:
+        for cand in built[1:]:  # unmeasurable (no eval split): the calibrated one, as asked
             if kept[4] is None or cand[4] is None or cand[4]["kld"] < kept[4]["kld"]:
                 kept = cand
     except BaseException:
-        for b in built:
-            shutil.rmtree(b[1], ignore_errors=True)
+        for d in scratches:
+            shutil.rmtree(d, ignore_errors=True)
         raise
-    for b in built:
-        if b is not kept:
-            shutil.rmtree(b[1], ignore_errors=True)
+    for d in scratches:
+        if d is not kept[1]:
+            shutil.rmtree(d, ignore_errors=True)
     label, scratch, path, extra, loss = kept
     stage.metrics["quant_loss"] = loss
     if len(built) > 1:
@@ -160,13 +159,17 @@ def _quantize_gguf(ctx: Context, stage: Any, qtype: str, calibrated: bool) -> No
     if calibrated:
         cands.append((ctx.spec, build(ctx.imatrix_file)))
     scratch, path, extra = _keep(ctx, stage, "gguf", q, cands)
+    # llama.cpp falls back from k- and i-quants on rows that are no multiple of 256 (SmolLM2's
+    # 576): what the file holds is recorded, and said
+    log.info("gguf-%s tensor types: %s", q, ", ".join(f"{k} x{v}" for k, v in extra["tensor_types"].items()))
     _finish(ctx, stage, "gguf", q, scratch, path, extra, run.gguf_dir / f"model-{q}.gguf")
 
 
 def _quantize_onnx(ctx: Context, stage: Any, precision: str, calibrated: bool) -> None:
     from edgedistill.formats.variants import int4_algo, onnx_variant
 
-    run, algo = ctx.run, run_algo(ctx)
+    run = ctx.run
+    algo = run.recipe.export.quantize.algo
 
     def build(label: str) -> Build:
         def go(scratch: Path) -> tuple[Path, dict[str, Any]]:
@@ -187,7 +190,8 @@ def _quantize_onnx(ctx: Context, stage: Any, precision: str, calibrated: bool) -
 def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: bool) -> None:
     from edgedistill.formats.variants import int4_algo, ortgenai_variant
 
-    run, algo = ctx.run, run_algo(ctx)
+    run = ctx.run
+    algo = run.recipe.export.quantize.algo
     run.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def build(label: str) -> Build:
@@ -203,10 +207,6 @@ def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: boo
     cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])
     scratch, path, extra = _keep(ctx, stage, "ortgenai", precision, cands)
     _finish(ctx, stage, "ortgenai", precision, scratch, path, extra, run.ortgenai_dir / precision)
-
-
-def run_algo(ctx: Context) -> str:
-    return ctx.run.recipe.export.quantize.algo
 
 
 # --- the job list ----------------------------------------------------------------------------------
@@ -246,31 +246,33 @@ def quantize_jobs(run: Run, par: Checker, failures: list[str], ctx: Context | No
         jobs.append(("quantize:imatrix", [run.merged_dir, ctx.cal_file, src], cal_settings,
                      lambda stage: _imatrix(ctx, stage)))
     loss_in = ctx.loss_inputs()
+
+    def calibrated(c: bool, data: Path) -> tuple[list[Path], dict[str, Any]]:
+        """The extra inputs and settings of a job that calibration can change."""
+        return ([data], {"calibration": cal_settings, "gptq_max_tokens": q.gptq_max_tokens}) if c \
+            else ([], {})
+
     if q.onnx and needs("onnx"):
         for p in q.onnx:
-            c = int4_cal and p == "int4"
-            jobs.append((f"quantize:onnx-{p}",
-                         [run.merged_dir, run.onnx_dir / "model.onnx", *loss_in] + ([ctx.cal_file] if c else []),
+            extra_in, extra = calibrated(int4_cal and p == "int4", ctx.cal_file)
+            inputs = [run.merged_dir, run.onnx_dir / "model.onnx", *loss_in, *extra_in]
+            jobs.append((f"quantize:onnx-{p}", inputs,
                          settings(run, block_size=block if p == "int4" else None,
-                                  algo=q.algo if p == "int4" else None,
-                                  calibration=cal_settings if c else None, gptq_max_tokens=q.gptq_max_tokens if c else None),
-                         lambda stage, p=p, c=c: _quantize_onnx(ctx, stage, p, c)))
+                                  algo=q.algo if p == "int4" else None, **extra),
+                         lambda stage, p=p, c=bool(extra_in): _quantize_onnx(ctx, stage, p, c)))
     if "ortgenai" in exp.formats:
         for p in q.ortgenai:
             if p != FORMATS["ortgenai"].full_precision:  # fp32 is the export itself
-                c = int4_cal
-                jobs.append((f"quantize:ortgenai-{p}", [run.merged_dir, *loss_in] + ([ctx.cal_file] if c else []),
-                             settings(run, block_size=block, algo=q.algo,
-                                      calibration=cal_settings if c else None,
-                                      gptq_max_tokens=q.gptq_max_tokens if c else None),
-                             lambda stage, p=p, c=c: _quantize_ortgenai(ctx, stage, p, c)))
-    if gguf_types:
+                extra_in, extra = calibrated(int4_cal, ctx.cal_file)
+                jobs.append((f"quantize:ortgenai-{p}", [run.merged_dir, *loss_in, *extra_in],
+                             settings(run, block_size=block, algo=q.algo, **extra),
+                             lambda stage, p=p, c=bool(extra_in): _quantize_ortgenai(ctx, stage, p, c)))
+    for t in gguf_types:
+        extra_in, extra = calibrated(t in gguf_cal, ctx.imatrix_file)
         src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
-        for t in gguf_types:
-            c = t in gguf_cal
-            jobs.append((f"quantize:gguf-{t}", [run.merged_dir, src, *loss_in] + ([ctx.imatrix_file] if c else []),
-                         settings(run, calibration=cal_settings if c else None),
-                         lambda stage, t=t, c=c: _quantize_gguf(ctx, stage, t, c)))
+        jobs.append((f"quantize:gguf-{t}", [run.merged_dir, src, *loss_in, *extra_in],
+                     settings(run, **{k: v for k, v in extra.items() if k == "calibration"}),
+                     lambda stage, t=t, c=bool(extra_in): _quantize_gguf(ctx, stage, t, c)))
     return jobs
 
 

@@ -81,11 +81,24 @@ def build(run: Run) -> dict[str, Any]:
     on_indeterminate = gates.get("on_indeterminate") or "fail"
     asked = _asked_targets(run)
 
+    sets = (summary or {}).get("sets") or {}
+
+    def on_sets(name: str) -> dict[str, Any]:
+        """The rung's score and retention on each eval set (data.eval_sets), e.g. reworded questions."""
+        out = {}
+        for set_name, s in sets.items():
+            r = s["rungs"].get(name)
+            if r:
+                out[set_name] = {k: r.get(k) for k in ("score", "score_ci95", "retention", "retention_ci95")}
+                out[set_name]["eval_n"] = r.get("n", s.get("n"))
+        return out
+
     def rung(name: str, model: str) -> dict[str, Any]:
         r = rungs.get(name) or {}
         return {"model": model, "score": r.get("score"), "score_ci95": r.get("score_ci95"),
                 "retention": r.get("retention"), "retention_ci95": r.get("retention_ci95"),
-                "eval_n": r.get("n", (summary or {}).get("n")) if r else None, "file": r.get("file")}
+                "eval_n": r.get("n", (summary or {}).get("n")) if r else None, "file": r.get("file"),
+                "eval_sets": on_sets(name)}
 
     artifacts = []
     for art in list_artifacts(run, include_damaged=True):
@@ -98,7 +111,7 @@ def build(run: Run) -> dict[str, Any]:
             "retention": r.get("retention"), "retention_ci95": r.get("retention_ci95"),
             "eval_n": r.get("n", (summary or {}).get("n")) if r else None,
             "parity": art.get("parity"), "quant_loss": art.get("quant_loss"),
-            "eval_file": r.get("file"),
+            "eval_file": r.get("file"), "eval_sets": on_sets(art["id"]),
             "bench": {t: _bench_view(recs[art["id"]]) for t, recs in bench.items() if art["id"] in recs},
         }
         if art.get("damaged"):
@@ -147,7 +160,9 @@ def build(run: Run) -> dict[str, Any]:
         "task": recipe.task, "metric": (summary or {}).get("metric") or primary_metric(recipe.task),
         "reference": (summary or {}).get("reference"),
         "eval": {"n": (summary or {}).get("n"), "max_new_tokens": (summary or {}).get("max_new_tokens"),
-                 "skipped_no_reference": (summary or {}).get("skipped_no_reference")},
+                 "skipped_no_reference": (summary or {}).get("skipped_no_reference"),
+                 "sets": {k: {"n": v.get("n"), "reference": v.get("reference")} for k, v in sets.items()}},
+        "training_data": _training_data(run),
         "teacher": rung(TEACHER, recipe.teacher.model),
         "student_base": rung(BASE, recipe.student.model),
         "student_merged": rung(MERGED, run.rel(run.merged_dir)),
@@ -159,6 +174,16 @@ def build(run: Run) -> dict[str, Any]:
         "gates": {**overall, "on_indeterminate": on_indeterminate},
         "seed_claims": _seed_claims(run),
     }
+
+
+def _training_data(run: Run) -> dict[str, Any] | None:
+    """How the training labels were verified, from the generate stage (counts)."""
+    m = (run.stage_entry("generate") or {}).get("metrics")
+    if not m:
+        return None
+    keys = ("train_prompts", "train", "verified", "rejected_by_reason", "synthesized",
+            "teacher_first_answer_gold_accuracy", "eval", "eval_sets", "eval_rejected_kept")
+    return {k: m.get(k) for k in keys}
 
 
 def _seed_claims(run: Run) -> dict[str, Any] | None:

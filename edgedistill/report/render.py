@@ -9,6 +9,8 @@ import html
 import io
 from typing import Any
 
+from edgedistill.report.sections import SETS_HEAD, eval_set_rows, training_lines
+
 PCTS = ("p50", "p90", "p99")
 
 
@@ -255,6 +257,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"(n = {_fmt(data['eval']['n'])}). Recipe: `{data['recipe']}`.", "",
         "## Retention ladder", "",
         _md_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data)), "",
+        *(["## Eval sets", "", _md_table(SETS_HEAD, eval_set_rows(data)), ""] if eval_set_rows(data) else []),
+        *(["## Training labels", "", *[f"- {line}" for line in training_lines(data)], ""]
+          if training_lines(data) else []),
         "## Artifacts", "", _md_table(ART_HEAD, _artifact_rows(data)), "",
         "## Targets", "", *[f"- {line}" for line in _where(data)], "",
         "## Gates", "",
@@ -348,6 +353,8 @@ def render_html(data: dict[str, Any]) -> str:
 <code>{e(data['metric'])}</code> against <b>{e(str(data.get('reference') or 'n/a'))}</b> answers
 (n = {e(_fmt(data['eval']['n']))}).</p>
 <h2>Retention ladder</h2>{_html_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data))}
+{"<h2>Eval sets</h2>" + _html_table(SETS_HEAD, eval_set_rows(data)) if eval_set_rows(data) else ""}
+{"<h2>Training labels</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in training_lines(data)) + "</ul>" if training_lines(data) else ""}
 <h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
 <h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>
 <h2>Gates</h2>{gates}{unchecked}

@@ -11,6 +11,10 @@ Nothing here imports torch, onnx or llama_cpp at module level: the device side o
 without torch. It may import ``edgedistill.errors`` and ``edgedistill.registry`` only.
 Every runtime decodes greedily and renders prompts with its OWN tokenizer and chat template, so a
 tokenizer that an export broke shows up as different prompt ids, not as silently repaired input.
+
+``generate`` answers one chat; ``generate_batch`` answers many with the kind's own batching (padded
+batches for hf, onnx and ortgenai, continuous batching in one llama.cpp context for gguf) and the
+same greedy tokens up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import importlib
 
@@ -40,7 +44,24 @@ class Generation:
     token_ids: list[int]  # generated ids, without the stop token
     prompt_ids: list[int]
     finish_reason: str  # "stop" (end-of-turn token) | "length" (hit max_new_tokens)
+    # generate: this reply's wall time; generate_batch: its share of the batch's wall time (the
+    # batch's seconds / its size), so the seconds of a rung add up to its wall time either way
     seconds: float
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size``, longest prompts first, so a padded
+    batch holds prompts of similar length (and the slowest batch shows in the first progress step)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), max(1, batch_size))]
+
+
+def first_stop(ids: list[int], is_stop: Callable[[int], bool]) -> tuple[list[int], str]:
+    """A row of generated ids cut at its first stop token: (ids before it, finish reason)."""
+    for i, tok in enumerate(ids):
+        if is_stop(tok):
+            return ids[:i], "stop"
+    return ids, "length"
 
 
 class Runtime:
@@ -71,14 +92,49 @@ class Runtime:
     def generate(self, messages: list[dict], max_new_tokens: int) -> Generation:
         t0 = time.perf_counter()
         prompt = self.chat_prompt_ids(messages)
-        out: list[int] = []
-        finish = "length"
-        for tok in self.stream_ids(prompt, max_new_tokens):
-            if self.is_stop(tok):
-                finish = "stop"
-                break
-            out.append(tok)
+        out, finish = self.greedy_ids(prompt, max_new_tokens)
         return Generation(self.decode(out), out, prompt, finish, time.perf_counter() - t0)
+
+    def greedy_ids(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], str]:
+        """(generated ids without the stop token, finish reason) for one prompt."""
+        out: list[int] = []
+        for tok in self.stream_ids(prompt_ids, max_new_tokens):
+            if self.is_stop(tok):
+                return out, "stop"
+            out.append(tok)
+        return out, "length"
+
+    def generate_batch(self, messages_list: list[list[dict]], max_new_tokens: int,
+                       batch_size: int = 16, progress: Callable[[int], None] | None = None
+                       ) -> list[Generation]:
+        """Greedy replies to many chats, in their order: the prompts in batches of up to
+        ``batch_size`` of similar length, each batch through :meth:`generate_ids_batch`
+        (``batch_size`` 1: :meth:`generate`, one chat at a time).
+        ``progress(n)`` is called with the number of replies each finished batch adds."""
+        if batch_size <= 1:
+            out = []
+            for messages in messages_list:
+                out.append(self.generate(messages, max_new_tokens))
+                if progress:
+                    progress(1)
+            return out
+        prompts = [self.chat_prompt_ids(m) for m in messages_list]
+        slots: list[Generation | None] = [None] * len(prompts)
+        for idx in length_batches([len(p) for p in prompts], batch_size):
+            t0 = time.perf_counter()
+            rows = self.generate_ids_batch([prompts[i] for i in idx], max_new_tokens)
+            share = (time.perf_counter() - t0) / len(idx)
+            for i, (ids, finish) in zip(idx, rows):
+                slots[i] = Generation(self.decode(ids), ids, prompts[i], finish, share)
+            if progress:
+                progress(len(idx))
+        return slots  # type: ignore[return-value]
+
+    def generate_ids_batch(self, prompts: list[list[int]], max_new_tokens: int
+                           ) -> list[tuple[list[int], str]]:
+        """:meth:`greedy_ids` for each prompt. This fallback decodes one prompt at a time; a kind
+        with batching overrides it."""
+        return [self.greedy_ids(p, max_new_tokens) for p in prompts]
 
     def __enter__(self) -> "Runtime":
         return self

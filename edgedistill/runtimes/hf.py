@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from edgedistill.runtimes import Runtime, eos_ids, hf_chat_ids
+from edgedistill.runtimes import Runtime, eos_ids, first_stop, hf_chat_ids
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,6 +52,31 @@ class HFRuntime(Runtime):
                 if tok in self.eos and not ignore_eos:
                     return
                 feed = torch.tensor([[tok]])
+
+    def generate_ids_batch(self, prompts: list[list[int]], max_new_tokens: int
+                           ) -> list[tuple[list[int], str]]:
+        """One transformers ``generate`` call for the batch: left padding with an attention mask
+        (positions follow from it), greedy with the KV cache, a row done at its first end-of-turn
+        id. A fresh GenerationConfig, and ``use_model_defaults=False``: the checkpoint's own
+        sampling settings (Qwen ships do_sample and a repetition penalty) must not leak in, so the
+        tokens are the argmax that ``stream_ids`` takes."""
+        import torch
+        from transformers import GenerationConfig
+
+        pad = self.tokenizer.pad_token_id
+        pad = min(self.eos) if pad is None else pad
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=sorted(self.eos), pad_token_id=pad, use_cache=True)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                      use_model_defaults=False)
+        return [first_stop(row.tolist(), self.is_stop) for row in out[:, width:]]
 
     def is_stop(self, token_id: int) -> bool:
         return token_id in self.eos

@@ -13,19 +13,19 @@ them instead of once per prompt. Two kinds of sharing save prompt processing:
 
 Sampling is llama.cpp's own sampler chain per sequence (greedy, or top-p, temperature and a
 seeded distribution), so a sequence's text does not depend on which others share its batch.
-Imports llama_cpp only inside the class (this package must import without it).
+Imports llama_cpp only inside the class (this package must import without it), and nothing from
+``runtimes.llama_cpp``: ``LlamaCppRuntime.generate_batch`` builds on this module.
 """
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from edgedistill.errors import ArtifactError
-from edgedistill.runtimes.llama_cpp import LlamaCppRuntime
+from edgedistill.runtimes import Runtime
 
 
 @dataclass
@@ -38,11 +38,15 @@ class Job:
     temperature: float = 0.0
     top_p: float | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
+    temperatures: list[float] | None = None  # one per sample, instead of ``temperature``
     logprobs: int | None = None  # top-k logprobs per generated token
 
     @property
     def samples(self) -> int:
         return len(self.seeds)
+
+    def temperature_of(self, sample: int) -> float:
+        return self.temperatures[sample] if self.temperatures else self.temperature
 
 
 @dataclass
@@ -83,17 +87,16 @@ def common_prefix(prompts: list[list[int]]) -> int:
 
 
 class BatchedDecoder:
-    """Runs jobs on ``rt``'s model with up to ``slots`` sequences in flight."""
+    """Runs jobs on ``rt``'s model (a gguf runtime, ``LlamaCppRuntime``) with up to ``slots``
+    sequences in flight, on as many threads as ``rt`` uses unless ``threads`` says otherwise."""
 
-    def __init__(self, rt: LlamaCppRuntime, *, slots: int = 8, n_batch: int = 512,
+    def __init__(self, rt: Runtime, *, slots: int = 8, n_batch: int = 512,
                  threads: int | None = None):
         import llama_cpp
 
-        from edgedistill.runtimes.llama_cpp import settings
-
         self.lc, self.rt = llama_cpp, rt
         self.slots, self.n_batch = max(1, slots), n_batch
-        self._threads = settings(threads=threads)["n_threads"]
+        self._threads = threads or rt.llm.n_threads
         self.ctx = None
 
     # --- the context -----------------------------------------------------------------------
@@ -119,15 +122,16 @@ class BatchedDecoder:
             self.lc.llama_free(self.ctx)
             self.ctx = None
 
-    def _sampler(self, job: Job, seed: int) -> Any:
+    def _sampler(self, job: Job, sample: int) -> Any:
         lc = self.lc
+        seed, temperature = job.seeds[sample], job.temperature_of(sample)
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        if job.temperature <= 0:
+        if temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
             if job.top_p is not None and job.top_p < 1:
                 lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(job.top_p, 1))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(job.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(temperature))
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
 
@@ -207,7 +211,7 @@ class BatchedDecoder:
             group = [free.pop(0) for _ in range(job.samples)]
             for i, slot in enumerate(group):
                 slot.job, slot.index, slot.out, slot.lp, slot.result = job, i, [], [], None
-                slot.sampler = self._sampler(job, job.seeds[i])
+                slot.sampler = self._sampler(job, i)
                 slot.leader = i == 0
                 slot.pos = prefix_len
                 slot.feed = list(job.prompt_ids[prefix_len:]) if i == 0 else []

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from edgedistill.errors import ArtifactError, NotAvailable
-from edgedistill.runtimes import Runtime
+from edgedistill.runtimes import Generation, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,6 +120,34 @@ class LlamaCppRuntime(Runtime):
             if (self.is_stop(tok) and not ignore_eos) or i == max_new_tokens - 1:
                 return
             self._decode([tok])
+
+    def generate_batch(self, messages_list: list[list[dict]], max_new_tokens: int,
+                       batch_size: int = 16, progress: Callable[[int], None] | None = None
+                       ) -> list[Generation]:
+        """Continuous batching (:class:`~edgedistill.runtimes.llama_batch.BatchedDecoder`): up to
+        ``batch_size`` sequences in one llama.cpp context, a finished one replaced by the next
+        prompt at once, greedy with llama.cpp's sampler. The whole call is one batch: each reply's
+        ``seconds`` is the call's wall time / the number of prompts. ``batch_size`` 1: one chat
+        at a time through :meth:`generate`."""
+        from edgedistill.runtimes.llama_batch import BatchedDecoder, Completion, Job
+
+        if batch_size <= 1:
+            return super().generate_batch(messages_list, max_new_tokens, 1, progress)
+        prompts = [self.chat_prompt_ids(m) for m in messages_list]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first
+        jobs = [Job(key=i, prompt_ids=prompts[i], max_tokens=max_new_tokens) for i in order]
+        done: dict[int, Completion] = {}
+
+        def finished(job: Job, completions: list[Completion], seconds: float) -> None:
+            done[job.key] = completions[0]
+            if progress:
+                progress(1)
+
+        t0 = time.perf_counter()
+        BatchedDecoder(self, slots=min(batch_size, max(len(jobs), 1))).run(jobs, finished)
+        share = (time.perf_counter() - t0) / max(len(prompts), 1)
+        return [Generation(done[i].text, done[i].token_ids, prompts[i], done[i].finish_reason, share)
+                for i in range(len(prompts))]
 
     def is_stop(self, token_id: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token_id))

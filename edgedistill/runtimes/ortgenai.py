@@ -50,6 +50,7 @@ class OrtGenAIRuntime(Runtime):
         cfg = json.loads((self.path / "genai_config.json").read_text())
         eos = cfg["model"].get("eos_token_id")
         self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.pad: int | None = cfg["model"].get("pad_token_id")
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
@@ -76,6 +77,42 @@ class OrtGenAIRuntime(Runtime):
             yield tok
             if tok in self.eos and not ignore_eos:
                 return
+
+    def generate_ids_batch(self, prompts: list[list[int]], max_new_tokens: int
+                           ) -> list[tuple[list[int], str]]:
+        """The batch as one ORT GenAI generator (search option ``batch_size``), fed the prompts
+        RIGHT-padded with the package's pad token: ORT GenAI masks the trailing run of pad tokens
+        of each row and continues the row from its last real token (pad tokens inside a prompt,
+        such as SmolLM2's <|im_end|> that is also its pad, stay real). A row's tokens after its
+        end-of-turn are pad tokens and are dropped. A prompt that itself ends in the pad token
+        would be cut short, so such a batch (or a package without a pad token) goes one prompt
+        at a time."""
+        import numpy as np
+
+        if self.pad is None or any(p[-1] == self.pad for p in prompts):
+            return super().generate_ids_batch(prompts, max_new_tokens)
+        width = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), width), self.pad, dtype=np.int32)
+        for row, prompt in enumerate(prompts):
+            ids[row, :len(prompt)] = prompt
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(batch_size=len(prompts), max_length=width + max_new_tokens,
+                                  do_sample=False)
+        gen = self._og.Generator(self.model, params)
+        gen.append_tokens(ids)
+        out: list[list[int]] = [[] for _ in prompts]
+        finish: list[str | None] = [None] * len(prompts)
+        for _ in range(max_new_tokens):
+            if gen.is_done():
+                break
+            gen.generate_next_token()
+            for row, tok in enumerate(gen.get_next_tokens().tolist()):
+                if finish[row] is None:
+                    if tok in self.eos:
+                        finish[row] = "stop"
+                    else:
+                        out[row].append(int(tok))
+        return [(toks, f or "length") for toks, f in zip(out, finish)]
 
     def is_stop(self, token_id: int) -> bool:
         return token_id in self.eos

@@ -1,145 +1,46 @@
-"""``edgedistill generate``: the teacher answers the task's prompts.
+"""``edgedistill generate``: the teacher answers the task's prompts, and its answers to the train
+prompts are verified before they become training data.
 
-RUN/data/prompts.jsonl    the prompts kept after exact and near-duplicate removal, with their split
-RUN/data/teacher.jsonl    every answer the teacher gave, appended and flushed as it arrives: the
-                          resume log, keyed by a hash of (model, params, messages)
-RUN/data/rejected.jsonl   answers that failed validation, with the reason
-RUN/data/train.jsonl      accepted answers to train prompts
-RUN/data/eval.jsonl       every eval prompt, with the teacher's answer (null + reason if rejected)
+RUN/data/prompts.jsonl      every prompt kept after exact and near-duplicate removal, with its split
+                            (train, eval, eval:<set>, and synthesized train prompts)
+RUN/data/teacher.jsonl      every answer the teacher gave, appended and flushed as it arrives: the
+                            resume log, keyed by a hash of (model, params, messages)
+RUN/data/synthesized.jsonl  prompts the teacher wrote (data.synthesize), kept or dropped, and why
+RUN/data/train.jsonl        verified answers to train prompts, each saying how it was verified
+RUN/data/eval.jsonl         every eval prompt with the teacher's reply exactly as it answered (a
+                            reply that failed a check is kept and flagged, so the teacher is scored
+                            on what it said); RUN/data/eval-<set>.jsonl for each data.eval_sets entry
+RUN/data/rejected.jsonl     answers that did not become training data, and why
 
-A run killed at any moment (kill -9 included) resumes where it stopped: answers in the log are
-never asked again, and a changed prompt or parameter is a new key.
+Rounds: (1) one answer to every prompt; (2) synthesis requests and one answer to each new prompt;
+(3) more samples for train prompts without a gold answer (``teacher.samples``); (4) more samples for
+gold prompts the teacher got wrong, one round per ``teacher.retries_on_wrong``. A run killed at any
+moment (kill -9 included) resumes where it stopped: answers in the log are never asked again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from edgedistill.evaluate import tasks
-from edgedistill.config import Recipe, TeacherConfig
-from edgedistill.data import append_jsonl, content_id, load_prompts, messages_of, write_jsonl
-from edgedistill.errors import ConfigError, EndpointError, GateFailed
+from edgedistill.config import Recipe
+from edgedistill.data import load_prompts, messages_of, write_jsonl
+from edgedistill.errors import DataError, GateFailed
 from edgedistill.rundir import Run
-from edgedistill.teacher import Answer, Request, backend_module
-from edgedistill.teacher.resume_log import open_log, read_log
+from edgedistill.teacher import Request
+from edgedistill.teacher import synthesize as synth
+from edgedistill.teacher import verify
+from edgedistill.teacher.asking import Asker, make_request
 from edgedistill.teacher.dedup import dedupe, prompt_text, split_ids
+from edgedistill.teacher.resume_log import open_log, read_log
 
 log = logging.getLogger(__name__)
 
-_REFUSAL = re.compile(
-    r"^\W*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i (?:can|am|won)|i (?:can ?not|can't|won't|am unable to|'m unable to)"
-    r" (?:help|assist|comply|provide|answer|do that|fulfil)|as an ai(?: language model)?,? i (?:can|don|am))", re.I)
 PROMPT_FIELDS = ("id", "prompt", "messages", "answer")
-
-
-def request_params(cfg: TeacherConfig) -> dict[str, Any]:
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
-            "seed": cfg.seed, "logprobs": cfg.logprobs}
-
-
-def make_request(cfg: TeacherConfig, prompt: dict[str, Any]) -> Request:
-    msgs = messages_of(prompt, cfg.system_prompt)
-    params = request_params(cfg)
-    key = content_id({"model": cfg.model, "params": params, "messages": msgs})
-    return Request(key=key, id=prompt["id"], messages=msgs, params=params)
-
-
-def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.search(text.replace("\u2019", "'")[:200]))
-
-
-def validate(task: str, cfg: TeacherConfig, rec: dict[str, Any], prompt: dict[str, Any]) -> str | None:
-    """None when a teacher answer is usable training data, else why not."""
-    text = rec.get("response")
-    if text is None:
-        return rec.get("error") or "no_response"
-    if rec.get("finish_reason") not in cfg.accept_finish_reasons:
-        return f"finish_reason:{rec.get('finish_reason')}"
-    if not text.strip():
-        return "empty"
-    if is_refusal(text):
-        return "refusal"
-    return tasks.check_answer(task, text, prompt, rec.get("messages"))
-
-
-class Session:
-    """Receives answers from a backend: logs each one at once, validates it, drives the bar."""
-
-    def __init__(self, f: Any, recipe: Recipe, cfg: TeacherConfig, prompts: dict[str, dict[str, Any]],
-                 cache: dict[str, dict[str, Any]], total: int, done: int):
-        from tqdm import tqdm
-
-        self.f, self.recipe, self.cfg, self.prompts, self.cache = f, recipe, cfg, prompts, cache
-        self.failures: dict[str, str] = {}
-        self.retries = self.rejected = self.tokens = 0
-        self.t0 = time.perf_counter()
-        self.seconds = 0.0
-        self.bar = tqdm(total=total, initial=done, desc="teacher", unit="ans", dynamic_ncols=True,
-                        disable=None)  # no bar in logs (not a terminal); the summary line stays
-
-    def answer(self, a: Answer) -> None:
-        rec = {
-            "key": a.request.key, "id": a.request.id, "response": a.text, "finish_reason": a.finish_reason,
-            "usage": {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens},
-            "model": self.cfg.model, "backend": self.cfg.backend, "endpoint": a.endpoint,
-            "params": a.request.params, "messages": a.request.messages, "latency_s": round(a.latency_s, 4),
-            "retries": a.retries, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **a.extra,
-        }
-        if a.logprobs is not None:
-            rec["logprobs"] = a.logprobs
-        append_jsonl(self.f, rec)
-        self.cache[a.request.key] = rec
-        self.tokens += a.completion_tokens or 0
-        if validate(self.recipe.task, self.cfg, rec, self.prompts[a.request.id]):
-            self.rejected += 1
-        self._tick()
-
-    def failed(self, request: Request, reason: str) -> None:
-        log.warning("prompt %s: %s", request.id, reason)
-        self.failures[request.key] = reason
-        self.rejected += 1
-        self._tick()
-
-    def retry(self, reason: str) -> None:
-        log.debug("retrying: %s", reason)
-        self.retries += 1
-        self._tick(0)
-
-    def _tick(self, n: int = 1) -> None:
-        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix(rejected=self.rejected, retries=self.retries, tok_s=f"{rate:.0f}", refresh=False)
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.seconds = time.perf_counter() - self.t0
-        self.bar.close()
-
-
-@contextlib.contextmanager
-def teacher_config(run: Run, cfg: TeacherConfig, needed: bool) -> Iterator[TeacherConfig]:
-    """The teacher config to ask with: with ``teacher.serve`` (and work to do), a llama.cpp server
-    on loopback is started for ``teacher.model`` and stopped afterwards."""
-    if not cfg.serve or not needed:
-        yield cfg
-        return
-    if cfg.backend != "openai":
-        raise ConfigError(f"teacher.serve needs teacher.backend: openai (got {cfg.backend}).",
-                          hint="Use backend gguf to run the GGUF in-process instead.")
-    if cfg.base_url:
-        raise ConfigError("teacher.serve starts its own server, but teacher.base_url is set too.",
-                          hint="Remove one of them (--set teacher.base_url=null or --set teacher.serve=false).")
-    from edgedistill.teacher.serve import serve
-
-    run.logs_dir.mkdir(parents=True, exist_ok=True)
-    with serve(cfg.model, n_ctx=cfg.n_ctx, log_path=run.logs_dir / "teacher-server.log") as url:
-        yield cfg.model_copy(update={"base_url": url})
 
 
 def provenance(rec: dict[str, Any]) -> dict[str, Any]:
@@ -155,118 +56,178 @@ def _example(prompt: dict[str, Any], req: Request, rec: dict[str, Any] | None) -
     return out
 
 
-@dataclass
-class Outcome:
-    accepted: int = 0
-    train: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    reasons: Counter = field(default_factory=Counter)
-    usage: Counter = field(default_factory=Counter)
-    endpoints: Counter = field(default_factory=Counter)
-
-
-def assemble(recipe: Recipe, requests: dict[str, Request], prompts: dict[str, dict[str, Any]],
-             eval_ids: set[str], answers: dict[str, dict[str, Any]], failures: dict[str, str]) -> Outcome:
-    """Validate every answer and sort it into train, eval (every eval prompt) and rejected."""
-    out = Outcome()
-    for pid, req in requests.items():
-        rec = answers.get(req.key)
-        reason = (failures.get(req.key) or "no_response") if rec is None else validate(
-            recipe.task, recipe.teacher, rec, prompts[pid])
-        if rec is not None:
-            out.usage.update({k: v for k, v in (rec.get("usage") or {}).items() if isinstance(v, int)})
-            out.endpoints[rec.get("endpoint") or "?"] += 1
-        example = _example(prompts[pid], req, rec)
-        if reason:
-            out.reasons["request_failed" if reason.startswith("request_failed") else reason] += 1
-            out.rejected.append({**example, "reason": reason})
-            if pid in eval_ids:
-                out.evals.append({**example, "response": None, "rejected": reason})
+def _prompts(recipe: Recipe) -> tuple[list[dict], list[dict], dict[str, list[dict]], list[dict]]:
+    """(train, eval, eval sets by name, removed duplicates) after dedup and the split. A train
+    prompt too close to a prompt of an eval set is dropped from train, never from the eval set."""
+    data = recipe.data
+    prompts_in = load_prompts(Path(data.prompts))
+    kept, removed = dedupe(prompts_in, [prompt_text(messages_of(p)) for p in prompts_in],
+                           data.near_duplicate_threshold)
+    eval_ids = split_ids([p["id"] for p in kept], data.eval_fraction, recipe.seed)
+    train = [p for p in kept if p["id"] not in eval_ids]
+    evals = [p for p in kept if p["id"] in eval_ids]
+    sets: dict[str, list[dict]] = {}
+    for name, path in data.eval_sets.items():
+        rows = [{**p, "id": f"{name}:{p['id']}"} for p in load_prompts(Path(path))]
+        sets[name] = rows
+        if not train:
             continue
-        out.accepted += 1
-        if pid in eval_ids:
-            out.evals.append(example)
-        else:
-            if rec.get("logprobs") is not None:
-                example["logprobs"] = rec["logprobs"]
-            out.train.append(example)
-    return out
+        both = train + rows
+        _, dup = dedupe(both, [prompt_text(messages_of(p)) for p in both], data.near_duplicate_threshold)
+        in_set = {p["id"] for p in rows}
+        # a set prompt that duplicates a train prompt: the train prompt goes (eval is kept whole)
+        clash = {d["duplicate_of"] for d in dup if d["id"] in in_set} | {
+            d["id"] for d in dup if d["duplicate_of"] in in_set}
+        removed += [{"id": i, "duplicate_of": f"eval set {name}", "kind": "eval_set"} for i in clash
+                    if i not in in_set]
+        train = [p for p in train if p["id"] not in clash]
+    return train, evals, sets, removed
+
+
+def _samples(asker: Asker, cfg: Any, prompt: dict, n: int) -> list[tuple[Request, dict | None]]:
+    reqs = [make_request(cfg, prompt, i) for i in range(n)]
+    return [(r, asker.cache.get(r.key)) for r in reqs]
 
 
 def generate(run: Run, *, force: bool = False) -> None:
-    """Ask the teacher every (deduplicated) prompt, validate, and write the train/eval split."""
+    """Ask the teacher every (deduplicated) prompt, verify the train answers, write the splits."""
     recipe = run.recipe
-    cfg = recipe.teacher
-    source = Path(recipe.data.prompts)
-    stage = run.begin("generate", inputs=[source], force=force)
+    cfg, task = recipe.teacher, recipe.task
+    sources = [Path(recipe.data.prompts)] + [Path(p) for p in recipe.data.eval_sets.values()]
+    stage = run.begin("generate", inputs=sources, force=force)
     if stage is None:
         return
     with stage:
         t0 = time.perf_counter()
-        prompts_in = load_prompts(source)
-        texts = [prompt_text(messages_of(p)) for p in prompts_in]
-        prompts, removed = dedupe(prompts_in, texts, recipe.data.near_duplicate_threshold)
-        for r in removed:
-            log.debug("dropped %s: %s duplicate of %s", r["id"], r["kind"], r["duplicate_of"])
-        eval_ids = split_ids([p["id"] for p in prompts], recipe.data.eval_fraction, recipe.seed)
-        requests = {p["id"]: make_request(cfg, p) for p in prompts}
-        by_id = {p["id"]: p for p in prompts}
-
-        backend = backend_module(cfg.backend)
-        with open_log(run.teacher_log) as f:
-            cache = read_log(run.teacher_log)
-            todo = [r for r in requests.values() if r.key not in cache]
-            reused = len(requests) - len(todo)
-            if reused:
-                log.info("resuming: %d of %d prompts already answered in %s", reused, len(requests),
-                         run.rel(run.teacher_log))
-            session = None
-            try:
-                with teacher_config(run, cfg, bool(todo)) as asking:
-                    session = Session(f, recipe, cfg, by_id, cache, total=len(requests), done=reused)
-                    backend.answer_all(asking, todo, session)
-            except EndpointError as err:
-                have = sum(1 for r in requests.values() if r.key in cache)
-                raise type(err)(err.message, hint=(err.hint + "\n" if err.hint else "") + (
-                    f"{have} of {len(requests)} answers are kept in {run.teacher_log}; run the same "
-                    "command again to resume with the rest.")) from None
-            finally:
-                if session is not None:
-                    session.close()
-        gen_s = time.perf_counter() - t0
-
-        out = assemble(recipe, requests, by_id, eval_ids, cache, session.failures)
-        accepted, rejected, train, evals, reasons = out.accepted, out.rejected, out.train, out.evals, out.reasons
-        write_jsonl(run.rejected, rejected)  # kept even when the gate below fails: it says why
-        ratio = accepted / len(requests)
+        train, evals, sets, removed = _prompts(recipe)
+        if not train:
+            raise DataError(f"{recipe.data.prompts}: no prompt is left to train on after the split.",
+                            hint="Lower data.eval_fraction or add prompts.")
+        with open_log(run.teacher_log) as f, contextlib.ExitStack() as stack:
+            asker = Asker(f, cfg, read_log(run.teacher_log), run.logs_dir, stack)
+            if asker.cache:
+                log.info("resuming: %d answers already in %s", len(asker.cache), run.rel(run.teacher_log))
+            held_out = evals + [p for rows in sets.values() for p in rows]
+            asker.ask([make_request(cfg, p) for p in held_out] +
+                      [r for p in train for r in _first_requests(cfg, p)],
+                      "one answer to every prompt (samples for those without a gold answer)")
+            syn = synth.Synthesized()
+            syn_reqs = synth.requests(recipe, train)
+            if syn_reqs:
+                asker.ask(syn_reqs, "new prompts (data.synthesize)")
+                syn = synth.select(recipe, [(r, asker.cache.get(r.key)) for r in syn_reqs],
+                                   [prompt_text(messages_of(p)) for p in train + held_out],
+                                   [prompt_text(messages_of(p)) for p in held_out])
+                asker.ask([r for p in syn.kept for r in _first_requests(cfg, p)],
+                          f"{cfg.samples} answer(s) to each new prompt")
+            pool = train + syn.kept
+            wrong = [p for p in pool if p.get("answer") is not None]
+            for attempt in range(1, cfg.retries_on_wrong + 1):
+                wrong = [p for p in wrong if _gold_verdict(task, cfg, asker, p, attempt).index is None]
+                if not wrong:
+                    break
+                asker.ask([make_request(cfg, p, attempt) for p in wrong],
+                          f"retry {attempt} for {len(wrong)} wrong answer(s)")
+        out = _assemble(recipe, asker, train, syn.kept, evals, sets)
+        ratio = len(out["train"]) / max(len(pool), 1)
+        write_jsonl(run.rejected, out["rejected"])  # kept even when the gate below fails: it says why
         stage.metrics.update({
-            "prompts_in": len(prompts_in), "exact_duplicates": sum(r["kind"] == "exact" for r in removed),
-            "near_duplicates": sum(r["kind"] == "near" for r in removed), "prompts": len(requests),
-            "asked": len(todo), "reused": reused, "accepted": accepted, "rejected": len(rejected),
-            "rejected_by_reason": dict(reasons), "accepted_ratio": round(ratio, 4),
-            "train": len(train), "eval": len(evals), "retries": session.retries,
-            "prompt_tokens": out.usage.get("prompt_tokens", 0),
-            "completion_tokens": out.usage.get("completion_tokens", 0),
-            "session_completion_tokens": session.tokens, "seconds": round(gen_s, 3),
-            "teacher_seconds": round(session.seconds, 3),
-            "tokens_per_s": round(session.tokens / session.seconds, 2) if session.tokens else None,
-            "endpoints": dict(out.endpoints),
+            "prompts": len(train) + len(evals), "duplicates_removed": Counter(r["kind"] for r in removed),
+            "train_prompts": len(train), "eval": len(evals), "eval_sets": {k: len(v) for k, v in sets.items()},
+            "synthesized": syn.metrics(recipe) if syn_reqs else None,
+            "train": len(out["train"]), "accepted_ratio": round(ratio, 4),
+            "verified": dict(Counter(r["verified"] for r in out["train"])),
+            "rejected_by_reason": dict(Counter(r["reason"] for r in out["rejected"])),
+            "teacher_first_answer_gold_accuracy": out["first_gold_accuracy"],
+            "eval_rejected_kept": sum(1 for r in out["eval"] if r.get("rejected")),
+            "asked": asker.asked, "reused": asker.reused, "retries": asker.retries,
+            "completion_tokens": asker.tokens, "teacher_seconds": round(asker.seconds, 3),
+            "tokens_per_s": round(asker.tokens / asker.seconds, 2) if asker.seconds else None,
+            "seconds": round(time.perf_counter() - t0, 3),
         })
-        why = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"
-        log.info("teacher: %d prompts (%d duplicates dropped), %d asked now, %d reused; accepted %d, "
-                 "rejected %d (%s); %d retries; %d tokens in %.1f s", len(requests), len(removed), len(todo),
-                 reused, accepted, len(rejected), why, session.retries, session.tokens, session.seconds)
+        why = ", ".join(f"{k} {v}" for k, v in Counter(r["reason"] for r in out["rejected"]).most_common())
+        log.info("teacher: %d train prompts (+%d synthesized), %d eval; kept %d verified (%s), "
+                 "rejected %d (%s); %d asked, %d reused, %.0f s", len(train), len(syn.kept), len(evals),
+                 len(out["train"]), stage.metrics["verified"], len(out["rejected"]), why or "none",
+                 asker.asked, asker.reused, asker.seconds)
         if ratio < cfg.min_success_ratio:
             raise GateFailed(
-                f"Only {accepted} of {len(requests)} teacher answers passed validation ({ratio:.0%}, "
-                f"under teacher.min_success_ratio {cfg.min_success_ratio:.0%}). Rejected: {why}.",
-                hint=f"See {run.rejected}. Raise teacher.max_tokens, change the prompts or teacher, or lower "
-                "the bar (--set teacher.min_success_ratio=...); answers already given are reused.")
+                f"Only {len(out['train'])} of {len(pool)} train prompts got a verified teacher answer "
+                f"({ratio:.0%}, under teacher.min_success_ratio {cfg.min_success_ratio:.0%}). Rejected: {why}.",
+                hint=f"See {run.rejected}. Raise teacher.max_tokens or teacher.retries_on_wrong, change "
+                "the prompts or the teacher, or lower the bar (--set teacher.min_success_ratio=...); "
+                "answers already given are reused.")
         stage.record(run.teacher_log)
         stage.record(run.rejected)
-        write_jsonl(stage.output(run.prompts), [{**p, "split": "eval" if p["id"] in eval_ids else "train"}
-                                                for p in prompts])
-        write_jsonl(stage.output(run.train_data), train)
-        write_jsonl(stage.output(run.eval_data), evals)
-    log.info("Wrote %s (%d) and %s (%d)", run.train_data, len(train), run.eval_data, len(evals))
+        splits = [(p, "train") for p in train] + [(p, "train:synthesized") for p in syn.kept] + \
+            [(p, "eval") for p in evals] + [(p, f"eval:{n}") for n, rows in sets.items() for p in rows]
+        write_jsonl(stage.output(run.prompts), [{**p, "split": s} for p, s in splits])
+        if syn_reqs:
+            write_jsonl(stage.output(run.data_dir / "synthesized.jsonl"), syn.kept + syn.dropped)
+        write_jsonl(stage.output(run.train_data), out["train"])
+        write_jsonl(stage.output(run.eval_data), out["eval"])
+        for name in sets:
+            write_jsonl(stage.output(run.eval_set_data(name)), out["sets"][name])
+    log.info("Wrote %s (%d) and %s (%d)", run.train_data, len(out["train"]), run.eval_data, len(out["eval"]))
+
+
+def _first_requests(cfg: Any, prompt: dict) -> list[Request]:
+    """A gold train prompt's first answer; every sample of a train prompt without a gold answer,
+    asked together so that a batched backend computes their prompt once."""
+    n = cfg.samples if prompt.get("answer") is None else 1
+    return [make_request(cfg, prompt, i) for i in range(n)]
+
+
+def _gold_verdict(task: str, cfg: Any, asker: Asker, prompt: dict, n: int) -> verify.Verdict:
+    pairs = _samples(asker, cfg, prompt, n)
+    texts = [rec.get("response") if verify.check(task, cfg, rec, prompt) is None else None for _, rec in pairs]
+    first = verify.check(task, cfg, pairs[0][1], prompt, asker.failures.get(pairs[0][0].key))
+    return verify.against_gold(task, texts, prompt, first)
+
+
+def _held_out(task: str, cfg: Any, asker: Asker, prompt: dict) -> dict[str, Any]:
+    req = make_request(cfg, prompt)
+    rec = asker.cache.get(req.key)
+    example = _example(prompt, req, rec)
+    reason = verify.check(task, cfg, rec, prompt, asker.failures.get(req.key))
+    return {**example, "rejected": reason} if reason else example
+
+
+def _assemble(recipe: Recipe, asker: Asker, train: list[dict], synthesized: list[dict],
+              evals: list[dict], sets: dict[str, list[dict]]) -> dict[str, Any]:
+    task, cfg = recipe.task, recipe.teacher
+    out: dict[str, Any] = {"train": [], "rejected": [], "eval": [], "sets": {}}
+    first_right = gold_n = 0
+    for prompt in train + synthesized:
+        gold = prompt.get("answer") is not None
+        n = (1 + cfg.retries_on_wrong) if gold else cfg.samples
+        pairs = [(r, rec) for r, rec in _samples(asker, cfg, prompt, n) if rec is not None
+                 or r.key in asker.failures or r.params.get("sample", 0) == 0]
+        checks = [verify.check(task, cfg, rec, prompt, asker.failures.get(r.key)) for r, rec in pairs]
+        texts = [rec.get("response") if c is None else None for (_, rec), c in zip(pairs, checks)]
+        if gold:
+            verdict = verify.against_gold(task, texts, prompt, checks[0])
+            gold_n += 1
+            first_right += verdict.index == 0
+        else:
+            verdict = verify.by_vote(task, texts, prompt, cfg.min_agreement, checks[0])
+        req, rec = pairs[verdict.index if verdict.index is not None else 0]
+        example = {**_example(prompt, req, rec), "source": prompt.get("source", "data"),
+                   "verified": verdict.verified, "attempts": len(pairs)}
+        if verdict.agreement is not None:
+            example["agreement"] = verdict.agreement
+        if verdict.index is None:
+            out["rejected"].append({**example, "split": "train", "reason": verdict.reason})
+            continue
+        if rec.get("logprobs") is not None:
+            example["logprobs"] = rec["logprobs"]
+        out["train"].append(example)
+    for prompt in evals:
+        out["eval"].append(_held_out(task, cfg, asker, prompt))
+    for name, rows in sets.items():
+        out["sets"][name] = [_held_out(task, cfg, asker, p) for p in rows]
+    for split, rows in [("eval", out["eval"])] + [(f"eval:{n}", r) for n, r in out["sets"].items()]:
+        out["rejected"] += [{**r, "split": split, "reason": r["rejected"], "kept_for_scoring": True}
+                            for r in rows if r.get("rejected")]
+    out["first_gold_accuracy"] = round(first_right / gold_n, 4) if gold_n else None
+    return out

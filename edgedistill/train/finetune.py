@@ -1,9 +1,16 @@
-"""`edgedistill train RUN`: LoRA fine-tune of the student on the teacher's answers.
+"""`edgedistill train RUN`: the student fine-tuned on the teacher's verified answers.
 
-transformers' Trainer with a peft LoRA adapter, on the student's own chat template, loss on the
-assistant's tokens only (edgedistill.train.collate), packed batches without cross-example attention,
-eval loss on the eval split, checkpoints in RUN/student/checkpoints/ that a killed run resumes
-from, optional logit distillation from the teacher's top-k logprobs (edgedistill.train.kd).
+transformers' Trainer, on the student's own chat template, loss on the assistant's tokens only
+(edgedistill.train.collate), with ``train.method``:
+- ``lora`` (default): a peft LoRA adapter on every linear projection → RUN/student/adapter/;
+- ``full``: every weight (students up to ~0.5B on a CPU) → RUN/student/finetuned/;
+the learning rate scaled to the choice when ``train.learning_rate`` is null (2e-4 LoRA, 5e-5 full).
+A dev slice of the train split (edgedistill.train.dev; never the eval split) is scored with the
+task's metric after every epoch (or ``train.eval_steps``), and the best checkpoint is kept
+(``train.select``); ``train.epochs: auto`` stops when the dev score stops improving. bf16 autocast
+where the hardware computes it natively (``train.precision: auto``). Checkpoints in
+RUN/student/checkpoints/ let a killed run resume; optional logit distillation from the teacher's
+top-k logprobs (edgedistill.train.kd).
 
 The same function runs as N data-parallel processes:
 
@@ -49,29 +56,33 @@ def train(run: Run, *, force: bool = False) -> None:
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     state = PartialState(cpu=cpu)
     run.require("generate", needed_by="train")
-    inputs = [p for p in (run.train_data, run.eval_data) if p.exists()]
+    inputs = [p for p in (run.train_data,) if p.exists()]  # missing: a DataError once the student is checked
     stage = run.begin("train", inputs=inputs, force=force) if state.is_main_process else None
     flag = [stage is None]
     if state.num_processes > 1:
         broadcast_object_list(flag)
     if flag[0]:
         return
+    out_dir = run.adapter_dir if run.recipe.train.method == "lora" else run.finetuned_dir
     with stage if stage is not None else contextlib.nullcontext() as st:
-        metrics = _train(run, state, force=force, adapter_out=st.output(run.adapter_dir) if st else None)
+        metrics = _train(run, state, force=force, adapter_out=st.output(out_dir) if st else None)
         if st is not None:
             st.metrics.update(metrics)
             st.record(run.logs_dir / "train.jsonl")
     if state.is_main_process:
         shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
-        log.info("adapter written to %s (%d steps, eval loss %s)", run.adapter_dir,
-                 metrics["steps"], metrics.get("eval_loss"))
+        log.info("%s written to %s (%d steps; best dev score %s at step %s)", run.recipe.train.method,
+                 out_dir, metrics["steps"], metrics.get("best_dev_score"), metrics.get("best_step"))
+
+
+LEARNING_RATE = {"lora": 2e-4, "full": 5e-5}
 
 
 def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[str, Any]:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainingArguments, set_seed
 
+    from edgedistill.train.dev import DevScorer, precision, split_dev
     from edgedistill.train.trainer import DistilTrainer, TrainLog
 
     recipe = run.recipe
@@ -84,54 +95,68 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         broadcast_object_list(box)
         base = box[0]
     tok = load_tokenizer(base, recipe.student.trust_remote_code)
-    train_set, dropped = _encode(tok, run.train_data, cfg.max_length)
-    eval_set, _ = _encode(tok, run.eval_data, cfg.max_length) if run.eval_data.exists() else ([], 0)
+    if not run.train_data.is_file():
+        raise DataError(f"{run.train_data} is missing: the generate stage's output is gone.",
+                        hint=f"Write it again: `edgedistill generate {run.root} --force`.")
+    fit_records, dev_records = split_dev(read_jsonl(run.train_data), cfg.dev_fraction, cfg.dev_max, cfg.seed)
+    train_set, dropped = _encode(tok, fit_records, run.train_data, cfg.max_length)
+    dev_set, _ = _encode(tok, dev_records, run.train_data, cfg.max_length)
     if not train_set:
         raise DataError(f"{run.train_data} has no example that fits train.max_length={cfg.max_length}.",
                         hint=f"Raise it: `edgedistill train {run.root} --set train.max_length=1024`.")
     kd = _attach_kd(run, tok, train_set) if cfg.kd is not None and cfg.kd.weight > 0 else {"used": False}
 
     resume = _prepare_checkpoints(run, state, force)
+    if cfg.method == "full" and resume is not None:  # full checkpoints keep no optimizer state
+        log.info("train.method full: starting over (its checkpoints hold the model only)")
+        resume = None
     set_seed(cfg.seed)
     on_gpu = state.device.type == "cuda"
-    dtype = getattr(torch, recipe.student.dtype) if on_gpu else torch.float32  # CPU trains in fp32
+    prec = precision(cfg.precision)
+    dtype = getattr(torch, recipe.student.dtype) if on_gpu else torch.float32  # CPU keeps fp32 weights
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="sdpa",
                                                  trust_remote_code=recipe.student.trust_remote_code)
     model.config.use_cache = False
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-    try:
-        model = get_peft_model(model, lora)
-    except ValueError as e:
-        from edgedistill.errors import ConfigError
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear)})
-        raise ConfigError(f"train.lora.target_modules does not fit {base}: {e}",
-                          hint=f"Its linear layers: {', '.join(names)}.") from None
-
+    if cfg.method == "lora":
+        model = _with_lora(model, cfg, base)
+    lr = cfg.learning_rate or LEARNING_RATE[cfg.method]
+    auto = cfg.epochs == "auto"
+    select = cfg.select if dev_set or cfg.select == "last" else "last"
+    if select == "dev_score" and not dev_set:
+        select = "last"
+    evaluate = bool(dev_set)
+    strategy = ("steps" if cfg.eval_steps else "epoch") if evaluate else "no"
     args = TrainingArguments(
         output_dir=str(run.checkpoints_dir),
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1, warmup_ratio=cfg.warmup_ratio,
-        logging_steps=0.02, logging_first_step=True,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
-        eval_strategy="steps" if cfg.eval_steps and eval_set else "no", eval_steps=cfg.eval_steps,
+        learning_rate=lr, num_train_epochs=cfg.max_epochs if auto else cfg.epochs,
+        max_steps=cfg.max_steps or -1, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler, logging_steps=0.02, logging_first_step=True,
+        save_strategy=strategy if select != "last" else "steps", save_steps=cfg.eval_steps or cfg.save_steps,
+        save_total_limit=2, save_only_model=cfg.method == "full",  # no 1 GB optimizer state per save
+        eval_strategy=strategy, eval_steps=cfg.eval_steps,
+        load_best_model_at_end=select != "last",
+        metric_for_best_model={"dev_score": "dev_score", "dev_loss": "loss"}.get(select),
+        greater_is_better=select == "dev_score" if select != "last" else None,
         seed=cfg.seed, data_seed=cfg.seed, report_to=[], remove_unused_columns=False,
-        prediction_loss_only=True,  # eval loss only: no eval-set logits held in memory
+        prediction_loss_only=True,  # dev loss only: no dev-set logits held in memory
         group_by_length=not cfg.packing, dataloader_num_workers=0,
-        use_cpu=not on_gpu, bf16=on_gpu and recipe.student.dtype == "bfloat16",
+        use_cpu=not on_gpu, bf16=prec == "bf16" and (not on_gpu or recipe.student.dtype != "float16"),
         fp16=on_gpu and recipe.student.dtype == "float16",
         ddp_backend="gloo" if (state.num_processes > 1 and not on_gpu) else None,
         ddp_find_unused_parameters=False if state.num_processes > 1 else None,
     )
+    callbacks = [TrainLog(run.logs_dir / "train.jsonl", append=resume is not None)]
+    if auto and select != "last":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+    scorer = DevScorer(tok, [e["record"] for e in dev_set], recipe.task, recipe.eval.max_new_tokens) \
+        if dev_set and select != "dev_loss" else None
     trainer = DistilTrainer(
-        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+        model=model, args=args, train_dataset=train_set, eval_dataset=dev_set or None,
         data_collator=Collator(pad_id=tok.pad_token_id, packing=cfg.packing), processing_class=tok,
-        callbacks=[TrainLog(run.logs_dir / "train.jsonl", append=resume is not None)],
-        kd_weight=cfg.kd.weight if kd["used"] else 0.0,
-        kd_temperature=cfg.kd.temperature if cfg.kd else 1.0,
+        callbacks=callbacks, kd_weight=cfg.kd.weight if kd["used"] else 0.0,
+        kd_temperature=cfg.kd.temperature if cfg.kd else 1.0, dev_scorer=scorer,
     )
     if resume:
         log.info("resuming from %s", resume.name)
@@ -139,19 +164,27 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     cpu_s = _cpu_seconds() - cpu0
     tokens, runtime = trainer.tokens_seen(), out.metrics["train_runtime"]
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_set else None
+    model = trainer.model  # the best checkpoint, when one was selected
     if adapter_out is not None:
-        model.save_pretrained(adapter_out)
+        model.save_pretrained(adapter_out, safe_serialization=True)
         tok.save_pretrained(adapter_out)
         (adapter_out / "edgedistill_train.json").write_text(json.dumps(
-            {"base": base, "steps": trainer.state.global_step, "seed": cfg.seed}, indent=2))
+            {"base": base, "method": cfg.method, "steps": trainer.state.global_step, "seed": cfg.seed,
+             "best_checkpoint": trainer.state.best_model_checkpoint}, indent=2))
     state.wait_for_everyone()
     trained = count_tokens(train_set)
+    history = [{k: h[k] for k in ("step", "epoch", "eval_loss", "eval_dev_score") if k in h}
+               for h in trainer.state.log_history if "eval_loss" in h or "eval_dev_score" in h]
+    best = trainer.state.best_model_checkpoint
     return {
-        "base": base, "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
-        "train_loss": round(out.training_loss, 5),
-        "eval_loss": round(eval_loss, 5) if eval_loss is not None else None,
-        "train_examples": trained["examples"], "eval_examples": len(eval_set), "dropped_too_long": dropped,
+        "base": base, "method": cfg.method, "precision": prec, "learning_rate": lr,
+        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
+        "train_loss": round(out.training_loss, 5), "select": select,
+        "best_step": int(best.rsplit("-", 1)[-1]) if best else None,
+        "best_dev_score": trainer.state.best_metric if select == "dev_score" else None,
+        "dev_history": history, "stopped_early": auto and trainer.state.epoch is not None
+        and trainer.state.epoch < cfg.max_epochs - 1e-6,
+        "train_examples": trained["examples"], "dev_examples": len(dev_set), "dropped_too_long": dropped,
         "train_tokens": trained["tokens"], "trained_tokens": trained["trained_tokens"],
         "nonpad_tokens_seen": tokens, "train_runtime_s": round(runtime, 2),
         "tokens_per_s": round(tokens / max(runtime, 1e-9), 1),  # non-padding tokens / train runtime
@@ -164,15 +197,31 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     }
 
 
+def _with_lora(model, cfg, base: str):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        from edgedistill.errors import ConfigError
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"train.lora.target_modules does not fit {base}: {e}",
+                          hint=f"Its linear layers: {', '.join(names)}.") from None
+
+
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def _encode(tok, path: Path, max_length: int) -> tuple[list[dict[str, Any]], int]:
+def _encode(tok, records: list[dict[str, Any]], path: Path, max_length: int) -> tuple[list[dict[str, Any]], int]:
     out, dropped = [], 0
-    for i, rec in enumerate(read_jsonl(path), start=1):
-        enc = encode_example(tok, rec, max_length, where=f"{path}, line {i}")
+    for rec in records:
+        enc = encode_example(tok, rec, max_length, where=f"{path}, record {rec.get('id')!r}")
         if enc is None:
             dropped += 1
             continue
@@ -225,7 +274,7 @@ def _prepare_checkpoints(run: Run, state, force: bool) -> Path | None:
     data; anything else in the checkpoints folder is cleared (by the main process)."""
     ckpt = run.checkpoints_dir
     key = {"config_hash": run.config_hash("train"),
-           "inputs": {run.rel(p): digest(p)["sha256"] for p in (run.train_data, run.eval_data) if p.exists()}}
+           "inputs": {run.rel(run.train_data): digest(run.train_data)["sha256"]}}
     if state.is_main_process:
         record = ckpt / RESUME_RECORD
         same = record.is_file() and json.loads(record.read_text()) == key

@@ -31,10 +31,17 @@ CHECK_PROMPTS = 4
 CHECK_NEW_TOKENS = 16
 
 
+def trained_dir(run: Run) -> Path:
+    """What train wrote: the LoRA adapter, or the fully fine-tuned model (train.method: full)."""
+    method = ((run.stage_entry("train") or {}).get("metrics") or {}).get("method", "lora")
+    return run.finetuned_dir if method == "full" else run.adapter_dir
+
+
 def merge(run: Run, *, force: bool = False) -> None:
-    """Write RUN/student/merged/ from the base and RUN/student/adapter/ (skipped when merged)."""
+    """Write RUN/student/merged/ from the base and RUN/student/adapter/ (skipped when merged); a
+    fully fine-tuned student is taken as it is (saved in student.dtype, with the same checks)."""
     run.require("train", needed_by="merge")
-    stage = run.begin("merge", inputs=[run.adapter_dir], force=force)
+    stage = run.begin("merge", inputs=[trained_dir(run)], force=force)
     if stage is None:
         log.info("%s is already merged from this adapter; nothing to do (--force to redo).",
                  run.merged_dir)
@@ -58,20 +65,24 @@ def merge_adapter(run: Run, out: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     dtype_name = run.recipe.student.dtype
-    trained = run.adapter_dir / "edgedistill_train.json"
+    source = trained_dir(run)
+    trained = source / "edgedistill_train.json"
     base = json.loads(trained.read_text())["base"] if trained.is_file() else student_path(run)
     if not Path(base).exists():  # a hub id, or an imported student removed since training
         base = student_path(run)
     tok = load_tokenizer(base, run.recipe.student.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+    full = source == run.finetuned_dir
+    model = AutoModelForCausalLM.from_pretrained(source if full else base, dtype=torch.float32,
                                                  trust_remote_code=run.recipe.student.trust_remote_code)
-    model = PeftModel.from_pretrained(model, run.adapter_dir).eval()
+    if not full:
+        model = PeftModel.from_pretrained(model, run.adapter_dir)
+    model = model.eval()
     prompts = _check_prompts(run, tok)
     with torch.no_grad():
         ref_logits = [model(torch.tensor([ids])).logits[0] for ids, _ in prompts]
         ref_greedy = [_greedy(model, p, tok) for _, p in prompts]
 
-    merged = _fold(model).to(getattr(torch, dtype_name))
+    merged = (model if full else _fold(model)).to(getattr(torch, dtype_name))
     for key in ("eos_token_id", "pad_token_id"):
         setattr(merged.config, key, getattr(tok, key))
     merged.config.use_cache = True

@@ -33,8 +33,10 @@ class DistilTrainer(Trainer):
     """``loss = (1 - w) * CE + w * T² * KL(teacher top-k || student)`` when batches carry the
     teacher's top-k (``kd_ids`` / ``kd_logprobs``); plain Trainer loss otherwise."""
 
-    def __init__(self, *args, kd_weight: float = 0.0, kd_temperature: float = 1.0, **kwargs):
+    def __init__(self, *args, kd_weight: float = 0.0, kd_temperature: float = 1.0,
+                 dev_scorer: Any = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.dev_scorer = dev_scorer  # edgedistill.train.dev.DevScorer: the task metric on the dev slice
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self._tokens = 0  # non-padding tokens since the last log, this process
@@ -80,7 +82,25 @@ class DistilTrainer(Trainer):
         loss = (1 - self.kd_weight) * ce + self.kd_weight * t * t * kl
         return (loss, outputs) if return_outputs else loss
 
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """Dev loss, and the task metric on the dev slice (``eval_dev_score``, which the best
+        checkpoint is chosen by when ``train.select`` is dev_score)."""
+        extra = {f"eval_{k}": v for k, v in self.dev_scorer(self.model).items()} if self.dev_scorer else {}
+        if self.eval_dataset is None:
+            self.log(extra)
+            return extra
+        self._pending_eval = extra  # logged with the dev loss, in one line
+        try:
+            metrics = super().evaluate(*args, **kwargs)
+        finally:
+            self._pending_eval = {}
+        return {**metrics, **extra}
+
+    _pending_eval: dict[str, float] = {}
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs and self._pending_eval:
+            logs.update(self._pending_eval)  # in place: the same dict reaches on_evaluate (early stopping)
         if "loss" in logs and self._t_last is not None:
             import torch
 
@@ -119,7 +139,7 @@ class TrainLog(TrainerCallback):
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
         for key, name in (("loss", "loss"), ("learning_rate", "lr"), ("tokens_per_s", "tokens_per_s"),
-                          ("grad_norm", "grad_norm"), ("eval_loss", "eval_loss")):
+                          ("grad_norm", "grad_norm"), ("eval_loss", "dev_loss"), ("eval_dev_score", "dev_score")):
             if key in logs:
                 row[name] = logs[key]
         if len(row) > 2:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from edgedistill.config import TeacherConfig
-from edgedistill.errors import ArtifactError, ConfigError, NotAvailable
+from edgedistill.errors import ConfigError
 from edgedistill.teacher import Answer, Request, Sink, compact_logprobs
 
 log = logging.getLogger(__name__)
@@ -30,29 +30,14 @@ def gguf_path(ref: str) -> Path:
     return path
 
 
-def load_llama(path: Path, cfg: TeacherConfig):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise NotAvailable("The gguf teacher needs llama-cpp-python, which is not installed.",
-                           hint="Install it with scripts/install.sh (it compiles llama.cpp).") from None
-    from edgedistill.runtimes.llama_cpp import settings
-
-    try:
-        return Llama(model_path=str(path), seed=cfg.seed if cfg.seed is not None else 0,
-                     logits_all=bool(cfg.logprobs), verbose=False, **settings(n_ctx=cfg.n_ctx))
-    except ValueError as e:  # llama-cpp-python's way of saying llama.cpp refused the file
-        raise ArtifactError(f"teacher.model: llama.cpp cannot load {path}: {e}",
-                            hint="The file is corrupt or not a model llama.cpp supports.") from None
-
-
 def _jobs(rt, cfg: TeacherConfig, requests: list[Request], sink: Sink) -> tuple[list, dict]:
-    """One job per distinct (messages, parameters): the samples of a prompt share its prefill."""
+    """One job per distinct (messages, parameters but the sample's seed and temperature): the
+    samples of a prompt share its prefill."""
     from edgedistill.runtimes.llama_batch import Job
 
     groups: dict[str, list[Request]] = {}
     for req in requests:
-        p = {k: v for k, v in req.params.items() if k not in ("sample", "seed")}
+        p = {k: v for k, v in req.params.items() if k not in ("sample", "seed", "temperature")}
         groups.setdefault(json.dumps([req.messages, p], sort_keys=True), []).append(req)
     jobs, members = [], {}
     for key, reqs in groups.items():
@@ -68,8 +53,8 @@ def _jobs(rt, cfg: TeacherConfig, requests: list[Request], sink: Sink) -> tuple[
             seeds = [r.params["seed"] if r.params.get("seed") is not None else int(r.key[:8], 16)
                      for r in part]
             jobs.append(Job(key=(key, start), prompt_ids=ids, max_tokens=p["max_tokens"],
-                            temperature=p["temperature"], top_p=p.get("top_p"), seeds=seeds,
-                            logprobs=p.get("logprobs")))
+                            temperatures=[r.params["temperature"] for r in part], top_p=p.get("top_p"),
+                            seeds=seeds, logprobs=p.get("logprobs")))
             members[(key, start)] = part
     return jobs, members
 

@@ -1,0 +1,168 @@
+"""Write the README's demo results from a real run: every figure in that section comes from the run's
+report.json and manifest.json, through docs/demo-results.json (committed, so a test can check the
+README against it, as the CLI reference is checked against --help).
+
+    python scripts/gen_demo_table.py runs/demo      # after `edgedistill run` and scripts/seed_claims.py
+    python scripts/gen_demo_table.py --check         # exit 1 when README.md does not match the snapshot
+
+The snapshot keeps what the table shows (scores and retention with their 95% intervals on the eval
+split and on each eval set, sizes, bench figures, the seed-claim measurements, how the training
+labels were verified, stage seconds and the wall time from the manifest's timestamps), the host
+and the package versions, so a stranger can see where each number came from and recompute it by
+running the same two commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SNAPSHOT = ROOT / "docs" / "demo-results.json"
+START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+
+
+def _ts(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+def snapshot(run_dir: Path) -> dict:
+    report = json.loads((run_dir / "report.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    finished = [_ts(s["finished_at"]) for s in stages.values() if s.get("finished_at")]
+    keep = ("id", "bytes", "score", "score_ci95", "retention", "retention_ci95", "eval_n", "eval_sets",
+            "quant_loss")
+    arts = []
+    for a in report["artifacts"]:
+        bench = (a.get("bench") or {}).get("cpu-x86") or {}
+        arts.append({**{k: a.get(k) for k in keep},
+                     "decode_tokens_per_s": (bench.get("decode_tokens_per_s") or {}).get("p50"),
+                     "peak_rss_mb": bench.get("peak_rss_mb"), "ttft_ms": (bench.get("ttft_ms") or {}).get("p50"),
+                     "verdict": a["gates"].get("verdict")})
+    rung_keys = ("model", "score", "score_ci95", "retention", "retention_ci95", "eval_n", "eval_sets")
+    host = next((a["bench"]["cpu-x86"].get("measured_on") for a in report["artifacts"]
+                 if (a.get("bench") or {}).get("cpu-x86")), None)
+    return {
+        "source": {"run_dir": report["run_dir"], "recipe": report["recipe"],
+                   "edgedistill_version": report["edgedistill_version"], "host": host,
+                   "versions": next((s.get("versions") for s in stages.values() if s.get("versions")), None)},
+        "metric": report["metric"], "eval": report["eval"], "training_data": report.get("training_data"),
+        "teacher": {k: report["teacher"].get(k) for k in rung_keys},
+        "student_base": {k: report["student_base"].get(k) for k in rung_keys},
+        "student_merged": {k: report["student_merged"].get(k) for k in rung_keys},
+        "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
+        "gates": {"verdict": report["gates"].get("verdict"), "limits": report.get("gate_limits")},
+        "seed_claims": report.get("seed_claims"),
+        "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
+        "wall_seconds": round(max(finished) - _ts(manifest["created_at"])) if finished else None,
+    }
+
+
+def _n(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci or None in ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def render(s: dict) -> str:
+    sets = list((s["eval"].get("sets") or {}))
+    head = ["rung", f"{s['metric']} [95% CI]", "retention [95% CI]"]
+    head += [f"{name}: {s['metric']} / retention" for name in sets]
+    head += ["size", "decode tok/s", "peak RSS"]
+    rows = []
+
+    def row(label: str, r: dict, a: dict | None = None) -> None:
+        cells = [label, _n(r.get("score")) + _ci(r.get("score_ci95")),
+                 _n(r.get("retention")) + _ci(r.get("retention_ci95"))]
+        for name in sets:
+            e = (r.get("eval_sets") or {}).get(name) or {}
+            cells.append(f"{_n(e.get('score'))} / {_n(e.get('retention'))}")
+        a = a or {}
+        cells += [f"{a['bytes'] / 1e6:.0f} MB" if a.get("bytes") else "",
+                  _n(a.get("decode_tokens_per_s"), 0) if a.get("decode_tokens_per_s") else "",
+                  f"{a['peak_rss_mb']:.0f} MB" if a.get("peak_rss_mb") else ""]
+        rows.append(cells)
+
+    row(f"teacher ({s['teacher']['model']})", s["teacher"])
+    row("student before distillation", s["student_base"])
+    row("student after (merged)", s["student_merged"])
+    for a in s["artifacts"]:
+        row(a["id"], a, a)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    ev = s["eval"]
+    out = [f"Measured by `edgedistill run` on {((s['source'].get('host') or {}).get('cpu')) or 'this machine'} "
+           f"({(s['source'].get('host') or {}).get('cores_logical')} cores): the whole run took "
+           f"{(s['wall_seconds'] or 0) / 60:.1f} min; {s['metric']} against the gold answers of "
+           f"{ev['n']} held-out questions" + "".join(f" and of the {v['n']} questions of `{k}`"
+                                                    for k, v in (ev.get("sets") or {}).items())
+           + "; 95% intervals by paired bootstrap over the questions.", "", *lines, ""]
+    t = s.get("training_data") or {}
+    if t:
+        verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items()))
+        syn = t.get("synthesized") or {}
+        out.append(f"Training labels: {t.get('train')} ({verified}), from {t.get('train_prompts')} train "
+                   f"questions and {syn.get('kept', 0)} the teacher wrote; the rest were rejected "
+                   f"({', '.join(f'{v} {k}' for k, v in sorted((t.get('rejected_by_reason') or {}).items()))}).")
+        out.append("")
+    shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
+    sc = s.get("seed_claims")
+    if sc:
+        r = next((a for a in sc["artifacts"] if a["id"] == shipped), None) or sc["artifacts"][0]
+        out.append(f"`scripts/seed_claims.py` against the teacher GGUF, for {r['id']} (the smallest artifact "
+                   f"passing every gate): {_pct(r['latency_reduction'])} less time to a whole "
+                   f"{sc['settings']['generate_tokens']}-token answer, {_pct(r['memory_reduction'])} lower peak "
+                   f"RSS, {_pct(r['size_reduction'])} smaller weights, {_pct(r['retention'])} retention "
+                   f"(seed: 85% lower latency, 95% lower memory, 92% retention).")
+        out.append("")
+    secs = s.get("stage_seconds") or {}
+    main = {k: v for k, v in secs.items() if v and v > 5}
+    out.append("Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(main.items(), key=lambda kv: -kv[1]))
+               + f". Gates: {s['gates']['verdict']}. Snapshot: `docs/demo-results.json` "
+               "(`python scripts/gen_demo_table.py RUN` rewrites it and this section).")
+    return "\n".join(out) + "\n"
+
+
+def rewrite(text: str, section: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{section}{END}{tail}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", nargs="?", help="a finished demo run directory")
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args()
+    text = README.read_text()
+    if a.check:
+        want = rewrite(text, render(json.loads(SNAPSHOT.read_text())))
+        if want != text:
+            print("README.md's demo results do not match docs/demo-results.json: "
+                  "run python scripts/gen_demo_table.py RUN")
+            return 1
+        return 0
+    if not a.run:
+        ap.error("give a run directory, or --check")
+    snap = snapshot(Path(a.run))
+    SNAPSHOT.parent.mkdir(exist_ok=True)
+    SNAPSHOT.write_text(json.dumps(snap, indent=1) + "\n")
+    README.write_text(rewrite(text, render(snap)))
+    print(f"updated {README} and {SNAPSHOT}")
+    print(json.dumps({"wall_seconds": snap["wall_seconds"], "shipped": (snap.get("smallest_passing") or {}).get("cpu-x86")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
