@@ -30,11 +30,38 @@ def _ts(stamp: str) -> float:
     return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
 
 
+def by_kind(run_dir: Path, rungs: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Right answers / questions per question kind (the ``kind`` field of the eval records), for each
+    rung: where the student falls behind the teacher."""
+    kinds = {}
+    for line in (run_dir / "data" / "eval.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            kinds[rec["id"]] = rec.get("kind")
+    if not any(kinds.values()):
+        return {}
+    out: dict[str, dict[str, list[float]]] = {}
+    for rung in rungs:
+        path = run_dir / "eval" / f"{rung}.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                cell = out.setdefault(kinds.get(rec["id"]) or "other", {}).setdefault(rung, [0, 0])
+                cell[0] += rec.get("score") or 0
+                cell[1] += 1
+    return dict(sorted(out.items()))
+
+
 def snapshot(run_dir: Path) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
-    finished = [_ts(s["finished_at"]) for s in stages.values() if s.get("finished_at")]
+    # `run` ends with the report stage, which seed_claims.py's users run again later: the wall time
+    # is up to the last other stage, plus the report's own seconds
+    finished = [_ts(s["finished_at"]) + (stages.get("report", {}).get("seconds") or 0)
+                for name, s in stages.items() if s.get("finished_at") and name != "report"]
     keep = ("id", "bytes", "score", "score_ci95", "retention", "retention_ci95", "eval_n", "eval_sets",
             "quant_loss")
     arts = []
@@ -58,6 +85,8 @@ def snapshot(run_dir: Path) -> dict:
         "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
         "gates": {"verdict": report["gates"].get("verdict"), "limits": report.get("gate_limits")},
         "seed_claims": report.get("seed_claims"),
+        "by_kind": by_kind(run_dir, ["teacher", "student_merged",
+                                     (report.get("smallest_passing") or {}).get("cpu-x86") or "student_merged"]),
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
         "wall_seconds": round(max(finished) - _ts(manifest["created_at"])) if finished else None,
     }
@@ -125,6 +154,14 @@ def render(s: dict) -> str:
                    f"{sc['settings']['generate_tokens']}-token answer, {_pct(r['memory_reduction'])} lower peak "
                    f"RSS, {_pct(r['size_reduction'])} smaller weights, {_pct(r['retention'])} retention "
                    f"(seed: 85% lower latency, 95% lower memory, 92% retention).")
+        out.append("")
+    kinds = s.get("by_kind") or {}
+    if kinds:
+        rungs = list(dict.fromkeys(r for cells in kinds.values() for r in cells))
+        names = {"teacher": "teacher", "student_merged": "merged student"}
+        out.append(f"Right answers per kind of question ({' / '.join(names.get(r, r) for r in rungs)}): "
+                   + "; ".join(f"{k} " + " / ".join(f"{cells[r][0]:.0f}" if r in cells else "–" for r in rungs)
+                               + f" of {next(iter(cells.values()))[1]}" for k, cells in kinds.items()) + ".")
         out.append("")
     secs = s.get("stage_seconds") or {}
     main = {k: v for k, v in secs.items() if v and v > 5}
