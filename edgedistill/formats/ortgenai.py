@@ -68,8 +68,62 @@ def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list
     for p in list(pkg.iterdir()):
         if p.name.startswith("model.onnx"):
             p.unlink()
+    share_tied_embedding(tmp)
     tmp.replace(src)  # a model over 2 GB keeps model.int4.onnx.data, the name its graph gives
     log.info("ORT GenAI int4 (GPTQ) package in %s", pkg)
+
+
+def share_tied_embedding(path: Path) -> bool:
+    """A tied embedding reads the quantized LM head, as the builder's own int4 package does.
+
+    The builder's fp32 package gathers token embeddings from a Transpose of the LM head's float
+    weight; once that head is a MatMulNBits, the float copy stays in the graph for the Gather alone
+    (113 MB of SmolLM2-135M's 225). Here the Gather becomes a GatherBlockQuantized over the head's
+    quantized rows (one row per token, blocks along the hidden size: the same layout), and the float
+    weight goes. Returns whether the graph changed; a model without that pattern is left alone."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=True)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    transpose = next((n for n in g.node if n.op_type == "Transpose" and n.input[0] in inits
+                      and list(helper.get_attribute_value(a) for a in n.attribute if a.name == "perm") == [[1, 0]]),
+                     None)
+    if transpose is None:
+        return False
+    float_weight = transpose.input[0]
+    head = next((n for n in g.node if n.op_type == "MatMulNBits"
+                 and n.input[1].startswith(float_weight + "_Q")), None)
+    users = [n for n in g.node if transpose.output[0] in n.input]
+    if head is None or len(users) != 1 or users[0].op_type != "Gather" \
+            or any(float_weight in n.input for n in g.node if n is not transpose):
+        return False
+    gather = users[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    if attrs["K"] % attrs["block_size"]:  # padded blocks: a row is not one embedding
+        return False
+    shape = f"{float_weight}_rows_shape"  # [N, blocks, block bytes] viewed as one row per token
+    g.initializer.append(numpy_helper.from_array(
+        np.array([attrs["N"], attrs["K"] * attrs["bits"] // 8], dtype=np.int64), shape))
+    rows = f"{float_weight}_rows"
+    reshape = helper.make_node("Reshape", [head.input[1], shape], [rows], name=gather.name + "/Reshape")
+    inputs = [rows, gather.input[1], head.input[2]] + ([head.input[3]] if len(head.input) > 3 and head.input[3] else [])
+    node = helper.make_node("GatherBlockQuantized", inputs, list(gather.output), name=gather.name + "BlockQuantized",
+                            domain="com.microsoft", bits=attrs["bits"], block_size=attrs["block_size"],
+                            gather_axis=0, quantize_axis=1)
+    freed = int(np.prod(inits[float_weight].dims)) * 4
+    index = list(g.node).index(transpose)
+    for n in (gather, transpose):
+        g.node.remove(n)
+    g.node.insert(index, node)
+    g.node.insert(index, reshape)
+    g.initializer.remove(inits[float_weight])
+    onnx.save(model, str(path))
+    log.info("the tied embedding reads the %d-bit LM head: its float copy (%d MB) is gone",
+             attrs["bits"], freed // 10**6)
+    return True
 
 
 def _og_ids(pkg: Path, texts: list[str]) -> list[list[int]]:

@@ -56,6 +56,19 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), max(1, batch_size))]
 
 
+def left_padded(prompts: list[list[int]], pad: int) -> tuple["np.ndarray", "np.ndarray"]:
+    """Prompts of different lengths as one batch, padded on the left: (ids, attention mask), int64."""
+    import numpy as np
+
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
 def first_stop(ids: list[int], is_stop: Callable[[int], bool]) -> tuple[list[int], str]:
     """A row of generated ids cut at its first stop token: (ids before it, finish reason)."""
     for i, tok in enumerate(ids):

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from edgedistill.runtimes import Runtime, eos_ids, first_stop, hf_chat_ids
+from edgedistill.runtimes import Runtime, eos_ids, first_stop, hf_chat_ids, left_padded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,12 +65,9 @@ class HFRuntime(Runtime):
 
         pad = self.tokenizer.pad_token_id
         pad = min(self.eos) if pad is None else pad
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+        padded, padded_mask = left_padded(prompts, pad)
+        ids, mask = torch.from_numpy(padded), torch.from_numpy(padded_mask)
+        width = ids.shape[1]
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=sorted(self.eos), pad_token_id=pad, use_cache=True)
         with torch.inference_mode():

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from edgedistill.errors import ArtifactError
-from edgedistill.runtimes import Runtime, eos_ids, hf_chat_ids
+from edgedistill.runtimes import Runtime, eos_ids, hf_chat_ids, left_padded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,12 +126,7 @@ class OnnxRuntime(Runtime):
             return super().generate_ids_batch(prompts, max_new_tokens)
         pad = self.tokenizer.pad_token_id
         pad = min(self.eos) if pad is None else pad
-        width = max(len(p) for p in prompts)
-        ids = np.full((len(prompts), width), pad, dtype=np.int64)
-        mask = np.zeros((len(prompts), width), dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = prompt
-            mask[row, width - len(prompt):] = 1
+        ids, mask = left_padded(prompts, pad)
         positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
         live = np.arange(len(prompts))  # the prompt each batch row answers
         out: list[list[int]] = [[] for _ in prompts]
