@@ -113,6 +113,35 @@ def test_full_run(server, tmp_path, monkeypatch):
         f"finish_reason:{r['finish_reason']}" for r in log)
 
 
+def test_an_imperfect_teacher_goes_through_train_and_eval(server, tmp_path, tiny_model_dir):
+    """Replies cut at max_tokens are rejected: train learns from the rest, eval scores the teacher
+    on exactly what it said (a cut reply as given, not as empty), and the chain ends in exit 0."""
+    rows = prompts(12) + [{"id": "gold", "prompt": "What is 2 + 2?" + SUFFIX, "answer": "4"},
+                          {"id": "long", "prompt": "Write a long poem about the sea."}]
+    recipe = write_recipe(tmp_path / "r", prompts=rows, data={"eval_fraction": 0.35},
+                          teacher=teacher(server, max_tokens=12, accept_finish_reasons=["stop"]),
+                          student={"model": str(tiny_model_dir)},
+                          train={"max_steps": 2, "batch_size": 2, "dev_fraction": 0.0, "precision": "fp32"},
+                          eval={"max_new_tokens": 4, "batch_size": 4})
+    run_dir = tmp_path / "run"
+    assert generate(recipe, run_dir).exit_code == 0
+    rejected = read_jsonl(run_dir / "data" / "rejected.jsonl")
+    evals = read_jsonl(run_dir / "data" / "eval.jsonl")
+    assert "finish_reason:length" in {r["reason"] for r in rejected}
+    cut = [e for e in evals if e["provenance"]["finish_reason"] == "length"]
+    assert all(e["response"] for e in cut)  # kept as the teacher said it
+    for stage in ("train", "merge", "eval"):
+        result = CliRunner().invoke(cli, [stage, str(run_dir)])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    teacher_rows = read_jsonl(run_dir / "eval" / "teacher.jsonl")
+    assert len(teacher_rows) == len(evals) and summary["rungs"]["teacher"]["score"] is not None
+    assert summary["rungs"]["student_merged"]["n"] == len(evals)
+    assert any(r["rejected"] == "finish_reason:length" for r in teacher_rows)
+    by_id = {e["id"]: e for e in evals}
+    assert all(r["prediction"] == by_id[r["id"]]["response"] for r in teacher_rows)
+
+
 def test_kill_9_then_resume(server, tmp_path):
     N = 8
     recipe = write_recipe(tmp_path / "r", prompts=prompts(N), teacher=teacher(server))

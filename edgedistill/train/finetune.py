@@ -98,7 +98,13 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     if not run.train_data.is_file():
         raise DataError(f"{run.train_data} is missing: the generate stage's output is gone.",
                         hint=f"Write it again: `edgedistill generate {run.root} --force`.")
-    fit_records, dev_records = split_dev(read_jsonl(run.train_data), cfg.dev_fraction, cfg.dev_max, cfg.seed)
+    records = read_jsonl(run.train_data)
+    if not records:
+        raise DataError(f"{run.train_data} holds no teacher answer to train on: every one was rejected "
+                        f"(why: {run.rejected}).",
+                        hint="See teacher.min_success_ratio, teacher.retries_on_wrong and teacher.max_tokens, "
+                             "or a stronger teacher.")
+    fit_records, dev_records = split_dev(records, cfg.dev_fraction, cfg.dev_max, cfg.seed)
     train_set, dropped = _encode(tok, fit_records, run.train_data, cfg.max_length)
     dev_set, _ = _encode(tok, dev_records, run.train_data, cfg.max_length)
     if not train_set:
