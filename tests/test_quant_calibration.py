@@ -338,3 +338,48 @@ def test_leak_check_matches_whole_prompts_not_fragments(tmp_path):
         write_jsonl(run.train_data, [chat("t1", "Say this to him"), chat("t3", leaking)])
         with pytest.raises(DataError, match="'t3' holds eval prompt"):
             check_no_leak(run, "task")
+
+
+def test_the_kld_gate_fails_deliberately_broken_artifacts(tmp_path, tiny_model_dir, monkeypatch):
+    """Through the stages as a pipeline runs them, two artifacts broken right after llama.cpp's
+    quantizer wrote them: q4_0 with the rows of its MLP output weights shuffled (valid blocks,
+    wrong weights: finite logits, far from the merged model), q5_0 with random bytes there (NaN
+    logits). The quantize stage measures both, and `report --check` with gates.max_kld exits 1
+    naming each, while the sound q8_0 passes; no NaN reaches the manifest or report.json."""
+    from gguf import GGUFReader
+
+    from edgedistill.cli import cli
+    from edgedistill.formats import gguf
+
+    real = gguf.quantize
+
+    def quantize_then_break(src, dst, qtype, *args, **kwargs):
+        real(src, dst, qtype, *args, **kwargs)
+        rng = np.random.default_rng(0)
+        for t in GGUFReader(str(dst), "r+").tensors:
+            if t.name.endswith("ffn_down.weight") and qtype == "q4_0":
+                t.data[...] = t.data[rng.permutation(t.data.shape[0])]
+            elif t.name.endswith("ffn_down.weight") and qtype == "q5_0":
+                t.data[...] = rng.integers(0, 255, t.data.shape).astype(t.data.dtype)
+
+    monkeypatch.setattr(gguf, "quantize", quantize_then_break)
+    run = make_run(tmp_path, tiny_model_dir, calibration="none", onnx=[], ortgenai=[],
+                   gguf=["q8_0", "q4_0", "q5_0"])
+    export(run, formats=["gguf"])
+    result = CliRunner().invoke(cli, ["quantize", str(run.root)])
+    assert result.exit_code == 0, result.output
+    loss = {k: a["quant_loss"] for k, a in arts(run).items() if a["quant_loss"]}
+    sound, shuffled, noise = loss["gguf-q8_0"], loss["gguf-q4_0"], loss["gguf-q5_0"]
+    limit = 10 * max(sound["kld_ci95"][1], 1e-4)
+    assert shuffled["kld_ci95"][0] > limit and shuffled["top1_agreement"] < sound["top1_agreement"]
+    assert noise["kld"] is None and noise["non_finite_positions"] > 0
+    assert "NaN" not in run.manifest_path.read_text()
+    args = ["report", str(run.root), "--check", "--set", f"gates.max_kld={limit}",
+            "--set", "gates.min_retention=null", "--set", "targets=[]"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert f"gguf-q4_0: max_kld = " in result.output and f"> limit {limit}" in result.output
+    assert "gguf-q5_0: max_kld: no value (its logits are not finite at" in result.output
+    assert "NaN" not in run.report_json.read_text()
+    verdicts = {a["id"]: a["gates"]["verdict"] for a in json.loads(run.report_json.read_text())["artifacts"]}
+    assert verdicts == {"gguf-f16": "pass", "gguf-q8_0": "pass", "gguf-q4_0": "fail", "gguf-q5_0": "fail"}

@@ -126,7 +126,7 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
 
     from edgedistill import runtimes
 
-    agree = total = chat_mismatch = lost_eos = stopped = identical = 0
+    agree = total = chat_mismatch = lost_eos = stopped = identical = non_finite = 0
     divergences: list[int | None] = []
     margins: list[float | None] = []
     max_diff: float | None = None
@@ -146,7 +146,9 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
             stopped += g.finish_reason == "stop"
             lost_eos += ref.finish_reason == "stop" and g.finish_reason != "stop"
             logits = rt.logits(ref.prompt_ids + ref.token_ids)
-            if logits is not None:
+            if logits is not None and not np.isfinite(logits).all():
+                non_finite += 1  # a broken artifact: no difference to report (and no NaN in JSON)
+            elif logits is not None:
                 d = float(np.max(np.abs(logits - ref.logits)))
                 max_diff = d if max_diff is None else max(max_diff, d)
     first = [d for d in divergences if d is not None]
@@ -161,6 +163,7 @@ def compare(kind: str, path: Path, refs: list[Reference], max_new_tokens: int) -
         # the artifact's token (a near tie is a margin the measured logit difference explains)
         "divergence_margins": margins,
         "max_abs_logit_diff": None if max_diff is None else float(f"{max_diff:.4g}"),
+        "non_finite_logits": non_finite,  # prompts on which some logit was NaN or inf
         "chat_prompt_ids_match": chat_mismatch == 0,
         "chat_prompt_mismatches": chat_mismatch,
         "eos_is_stop_token": eos_is_stop,
@@ -190,6 +193,9 @@ def _fp_faults(parity: dict[str, Any], tolerance: float) -> list[str]:
     within 2d of the best. A divergence beyond that (or one where no logits are exposed) is a
     fault, as is a lost end-of-turn that is not such a tie."""
     diff = parity["max_abs_logit_diff"]
+    if parity.get("non_finite_logits"):
+        return [f"its logits are not finite (NaN or inf) on {parity['non_finite_logits']} of "
+                f"{parity['prompts']} prompts"]
     if diff is not None and diff > tolerance:
         return [f"its logits differ from the merged model's by up to {diff:.4g} (tolerance {tolerance:g})"]
     margins = [m for m in parity.get("divergence_margins") or [] if m is not None]

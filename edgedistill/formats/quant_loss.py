@@ -10,6 +10,9 @@ and the reply teacher-forced (read, not generated; up to and including the end-o
 - ``kld_whole`` / ``top1_agreement_whole``: the same over every position of the chat, as
   llama.cpp's ``perplexity --kl-divergence`` measures it.
 
+An artifact whose logits are not finite anywhere (NaN or inf: a broken one) gets ``kld: null`` and
+``non_finite_positions``, never a NaN in the manifest; the ``max_kld`` gate fails it.
+
 Every runtime feeds the merged model's own token ids (parity already proved each artifact renders
 the chat prompt to the same ids). The merged model's log-probabilities are computed once per
 merged model and eval split and kept in RUN/export/.quant-loss-reference/ (float16: a 135M student
@@ -169,6 +172,7 @@ def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str
                     path.name)
         return None
     per = np.zeros((len(chats), 6))  # answer: kl sum, agree, n; whole: kl sum, agree, n
+    non_finite = 0
     with runtimes.load(kind, path) as rt, ref.logprobs() as lp_file:
         for i, c in enumerate(chats):
             q = rt.logits(c.ids)
@@ -177,6 +181,7 @@ def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str
                                 f"{path.name} cannot be measured.")
             p = lp_file.get_tensor(f"lp_{i}")
             width = min(p.shape[1], q.shape[1])
+            non_finite += int((~np.isfinite(q[:-1, :width])).any(axis=1).sum())
             lq = log_softmax(q[:-1, :width])
             lp = log_softmax(p[:, :width])  # renormalised after float16 storage: KL stays >= 0
             kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
@@ -184,6 +189,13 @@ def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str
             a = slice(c.answer_start - 1, None)
             per[i] = [kl[a].sum(), agree[a].sum(), len(kl[a]), kl.sum(), agree.sum(), len(kl)]
     total = per.sum(axis=0)
+    if non_finite:  # a broken artifact: no divergence to report, and no gate may pass it
+        log.warning("%s: its logits are not finite at %d of %d positions", path.name, non_finite,
+                    int(total[5]))
+        return {"kld": None, "kld_ci95": None, "top1_agreement": None, "kld_whole": None,
+                "top1_agreement_whole": None, "calibration": calibration, "examples": len(chats),
+                "answer_tokens": int(total[2]), "tokens": int(total[5]),
+                "non_finite_positions": non_finite}
     return {
         "kld": round(float(total[0] / total[2]), 6),
         "kld_ci95": _bootstrap_ratio(per[:, 0], per[:, 2]),

@@ -106,7 +106,7 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
             built.append((label, scratches[-1], path, extra, measure(ctx.loss, kind, path, label)))
         kept = built[0]
         for cand in built[1:]:  # unmeasurable (no eval split): the calibrated one, as asked
-            if kept[4] is None or cand[4] is None or cand[4]["kld"] < kept[4]["kld"]:
+            if kept[4] is None or cand[4] is None or _kld(cand[4]) < _kld(kept[4]):
                 kept = cand
     except BaseException:
         for d in scratches:
@@ -124,6 +124,11 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
     if label != "none":
         extra = {**extra, "calibration": ctx.samples().record()}
     return scratch, path, {**extra, "calibration_source": label}
+
+
+def _kld(loss: dict[str, Any]) -> float:
+    """The answer-position KLD, a broken artifact's (non-finite logits, ``kld: null``) the worst."""
+    return float("inf") if loss["kld"] is None else loss["kld"]
 
 
 def _finish(ctx: Context, stage: Any, fmt: str, precision: str, scratch: Path, path: Path,

@@ -67,6 +67,9 @@ def _eval_gates(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[st
         base = {"artifact": aid, "gate": "max_kld", "value": kld, "limit": limit, "ci95": loss.get("kld_ci95")}
         if kld is not None:
             out.append({**base, "verdict": _interval_verdict(kld, loss.get("kld_ci95"), limit, "max")})
+        elif loss.get("non_finite_positions"):
+            out.append({**base, "verdict": "fail", "reason": f"its logits are not finite at "
+                        f"{loss['non_finite_positions']} of {loss.get('tokens')} positions (a broken artifact)"})
         elif artifact.get("precision") not in FULL_PRECISION:
             out.append({**base, "verdict": "fail", "reason": "no quant_loss measured (run `edgedistill quantize`)"})
     return out
