@@ -173,42 +173,16 @@ def remove_path(p: Path) -> None:
 
 
 class Run:
-    """A run directory. Paths are named here once; stages ask for them by name."""
+    """A run directory. Its paths are named once, in _LAYOUT below; stages ask for them by name."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
 
-    # --- paths ---------------------------------------------------------------------------
-    config_path = property(lambda s: s.root / "config.yaml")
-    manifest_path = property(lambda s: s.root / "manifest.json")
-    data_dir = property(lambda s: s.root / "data")
-    prompts = property(lambda s: s.data_dir / "prompts.jsonl")
-    teacher_log = property(lambda s: s.data_dir / "teacher.jsonl")
-    rejected = property(lambda s: s.data_dir / "rejected.jsonl")
-    train_data = property(lambda s: s.data_dir / "train.jsonl")
-    eval_data = property(lambda s: s.data_dir / "eval.jsonl")
+    # --- paths: the layout table below (_LAYOUT) names each one once ----------------------
 
     def eval_set_data(self, name: str) -> Path:
         """The teacher's replies to the prompts of ``data.eval_sets[name]`` (held out like eval)."""
         return self.data_dir / f"eval-{name}.jsonl"
-
-    student_dir = property(lambda s: s.root / "student")
-    student_base = property(lambda s: s.student_dir / "base")  # imported GGUF student, if any
-    adapter_dir = property(lambda s: s.student_dir / "adapter")
-    finetuned_dir = property(lambda s: s.student_dir / "finetuned")  # train.method: full
-    checkpoints_dir = property(lambda s: s.student_dir / "checkpoints")
-    merged_dir = property(lambda s: s.student_dir / "merged")
-    export_dir = property(lambda s: s.root / "export")
-    onnx_dir = property(lambda s: s.export_dir / "onnx")
-    ortgenai_dir = property(lambda s: s.export_dir / "ortgenai")
-    gguf_dir = property(lambda s: s.export_dir / "gguf")
-    eval_dir = property(lambda s: s.root / "eval")
-    bench_dir = property(lambda s: s.root / "bench")
-    logs_dir = property(lambda s: s.root / "logs")
-    report_json = property(lambda s: s.root / "report.json")
-    report_md = property(lambda s: s.root / "report.md")
-    report_html = property(lambda s: s.root / "report.html")
-    lock_path = property(lambda s: s.root / ".lock")
 
     def rel(self, p: Path) -> str:
         p = Path(p).resolve()
@@ -382,3 +356,35 @@ class Run:
     def outputs(self, stage: str) -> list[Path]:
         entry = self.stage_entry(stage) or {}
         return [self.root / rel for rel in entry.get("outputs", {})]
+
+
+# Run's path attributes, relative to the run directory: attribute, path, what it holds.
+_LAYOUT = """
+config_path     config.yaml                   the resolved recipe
+manifest_path   manifest.json                 every stage's status, hashes, inputs, outputs
+lock_path       .lock                         held by the command writing this run
+data_dir        data
+prompts         data/prompts.jsonl
+teacher_log     data/teacher.jsonl            every teacher reply, resumable
+rejected        data/rejected.jsonl           why each dropped record was dropped
+train_data      data/train.jsonl
+eval_data       data/eval.jsonl
+student_dir     student
+student_base    student/base                  an imported GGUF student, if any
+adapter_dir     student/adapter               train.method: lora
+finetuned_dir   student/finetuned             train.method: full
+checkpoints_dir student/checkpoints
+merged_dir      student/merged
+export_dir      export
+onnx_dir        export/onnx
+ortgenai_dir    export/ortgenai
+gguf_dir        export/gguf
+eval_dir        eval
+bench_dir       bench
+logs_dir        logs
+report_json     report.json
+report_md       report.md
+report_html     report.html
+"""
+for _name, _rel, *_ in (line.split(maxsplit=2) for line in _LAYOUT.strip().splitlines()):
+    setattr(Run, _name, property(lambda s, rel=_rel: s.root / rel))
