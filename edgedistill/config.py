@@ -158,6 +158,9 @@ class QuantizeConfig(Strict):
     gguf: list[str] = ["q8_0", "q4_k_m"]
     ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
     int4_block_size: int = Field(32, ge=16)  # must divide the hidden size (576: 32 or 64)
+    # ORT GenAI int4's LM head (which a tied embedding also reads): int8 keeps more of the merged
+    # student, int4 makes a smaller package (scripts/bench_quant.py --set compares them)
+    int4_lm_head: Literal["int8", "int4"] = "int8"
     # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one forward over it
     # per MatMul input, ~4 per layer); rtn and k_quant need none (k_quant: better, ~4x slower)
     algo: Literal["rtn", "k_quant", "gptq"] = "gptq"

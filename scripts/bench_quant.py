@@ -1,7 +1,7 @@
 """Calibrated against uncalibrated quantization on one run's merged student, format by format.
 
     python3 scripts/bench_quant.py RUN [--formats gguf,onnx,ortgenai] [--gguf-types q4_k_m,q3_k_s]
-                                       [--text FILE] [--work DIR] [--limit N]
+                                       [--text FILE] [--work DIR] [--limit N] [--set KEY=VALUE ...]
 
 For each format's 4-bit artifact (GGUF: each type asked; ONNX and ORT GenAI: int4) and each
 calibration -- none (GGUF without an importance matrix; int4 with the format's data-free
@@ -15,7 +15,8 @@ its task score on the eval split (greedy, evaluate/metrics.py score_example agai
 answers; the teacher's reply where a record has none), beside the merged student's.
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
-and the train/eval split, and its own exports. Prints a table with ratios to the uncalibrated
+and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does (say
+``export.quantize.int4_lm_head=int4``), so two invocations compare a setting. Prints a table with ratios to the uncalibrated
 artifact and ends stdout with one JSON line.
 """
 
@@ -133,7 +134,7 @@ def run_child(spec: dict) -> dict:
 
 # --- the parent: a work run, then every combination --------------------------------------------------
 
-def work_run(src_root: Path, work: Path, formats: list[str]):
+def work_run(src_root: Path, work: Path, formats: list[str], overrides: list[str] = ()):
     """A run beside the source: its recipe, merged student (hard links), train/eval split, and
     exports of its own (exports are not what is measured)."""
     from edgedistill.rundir import Run
@@ -143,7 +144,11 @@ def work_run(src_root: Path, work: Path, formats: list[str]):
     for p in (src.train_data, src.eval_data):
         if not p.exists():
             raise SystemExit(f"{src_root} has no {p.name}: run `edgedistill generate` first.")
-    run = Run.create(work / "run", src.recipe)
+    from edgedistill.config import load_recipe_dict
+
+    recipe = load_recipe_dict(src.recipe.model_dump(mode="json"), list(overrides), "--set") \
+        if overrides else src.recipe
+    run = Run.create(work / "run", recipe)
     for p in (src.train_data, src.eval_data):
         run.data_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, run.data_dir / p.name)
@@ -180,13 +185,15 @@ def main() -> None:
     ap.add_argument("--text", type=Path, default=None, help="generic text to calibrate on (.txt/.jsonl)")
     ap.add_argument("--work", type=Path, default=None, help="keep the work run here (default: a temp dir)")
     ap.add_argument("--limit", type=int, default=None, help="score at most N eval examples")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the work run's recipe (as `edgedistill --set`)")
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quant-"))
     work.mkdir(parents=True, exist_ok=True)
     formats = [f for f in args.formats.split(",") if f]
     t0 = time.time()
-    run = work_run(args.run.resolve(), work, formats)
+    run = work_run(args.run.resolve(), work, formats, args.overrides)
     print(f"work run {run.root}: exports in {time.time() - t0:.0f} s", file=sys.stderr)
     text = (args.text.resolve() if args.text else generic_text(work / "generic.txt"))
     text_sha = hashlib.sha256(text.read_bytes()).hexdigest()

@@ -74,3 +74,43 @@ def test_the_shared_package_computes_what_the_plain_one_does(tied_packages):
         assert np.abs(la - lb).max() <= 0.05 * np.abs(la).max()
         assert (la.argmax(-1) == lb.argmax(-1)).mean() >= 0.9
         assert b.generate([{"role": "user", "content": "What is 2 plus 3?"}], 4).token_ids
+
+
+def _head_bits(model) -> int:
+    """Bits of the MatMulNBits that writes the graph's logits output."""
+    from onnx import helper
+
+    logits = next(o.name for o in model.graph.output if o.name == "logits")
+    head = next(n for n in model.graph.node if logits in n.output)
+    assert head.op_type == "MatMulNBits", head.op_type
+    return next(helper.get_attribute_value(a) for a in head.attribute if a.name == "bits")
+
+
+@pytest.mark.parametrize("algo", ["gptq", "k_quant"])
+def test_int4_lm_head_makes_the_head_and_the_tied_embedding_4_bit(tied_packages, tmp_path, algo):
+    """export.quantize.int4_lm_head: int4 on both int4 paths (our GPTQ over the fp32 package, the
+    builder's k-quant): the head is 4-bit, a tied embedding reads those rows, the package is smaller
+    than the int8-head one and still generates in ORT GenAI."""
+    import onnx
+
+    from edgedistill import runtimes
+    from edgedistill.formats import ortgenai
+
+    plain, shared = tied_packages
+    merged, fp32 = plain.parent / "merged", plain.parent / "fp32"
+    out = tmp_path / "int4-head"
+    if algo == "gptq":
+        shutil.copytree(fp32, out)
+        ortgenai.quantize_package(out, merged, 32, [list(range(5, 60)), list(range(60, 120))], "int4")
+        int8_head = shared
+    else:
+        ortgenai.build(merged, out, "int4", tmp_path / "cache", tmp_path / "build.log", 32, algo, "int4")
+        int8_head = tmp_path / "int8-head"
+        ortgenai.build(merged, int8_head, "int4", tmp_path / "cache", tmp_path / "build8.log", 32, algo)
+    model = onnx.load(str(out / "model.onnx"))
+    assert _head_bits(model) == 4 and _head_bits(onnx.load(str(int8_head / "model.onnx"))) == 8
+    gathers = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert gathers and all(a.i == 4 for n in gathers for a in n.attribute if a.name == "bits")
+    assert (out / "model.onnx").stat().st_size < (int8_head / "model.onnx").stat().st_size
+    with runtimes.load("ortgenai", out) as rt:
+        assert rt.generate([{"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids

@@ -28,7 +28,7 @@ def supported_architectures() -> list[str]:
 
 
 def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
-          block_size: int = 32, algo: str = "k_quant") -> None:
+          block_size: int = 32, algo: str = "k_quant", lm_head: str = "int8") -> None:
     """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir.
     int4 with ``algo`` rtn or k_quant is the builder's own; GPTQ is :func:`quantize_package` over
     an fp32 package."""
@@ -46,7 +46,8 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
         # mix with RTN 0.47 and 0.37 (17 s); with k-quant 0.48 and 0.45 (54-64 s). The package
         # phones run is worth the extra seconds.
         cmd += ["--extra_options", f"block_size={block_size}", "accuracy_level=4", f"algo_config={algo}",
-                "matmul_mixed_precision=last_matmul:int8,mixed_layers:int8"]
+                "matmul_mixed_precision=" + ("last_matmul:int8," if lm_head == "int8" else "")
+                + "mixed_layers:int8"]
     log.info("building the ORT GenAI %s package from %s", precision, merged)
     with open(log_file, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -56,15 +57,17 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
                             hint=f"Its last output ({log_file}):\n{log_file.read_text()[-800:]}")
 
 
-def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]]) -> None:
+def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]],
+                     lm_head: str = "int8") -> None:
     """An fp32 package → int4 in place: its model.onnx through ONNX's GPTQ path with the builder's
-    own mix (the LM head and the sensitive layers' qkv/v/down projections at 8 bits), calibrated on
-    ``calibration``; genai_config.json still names model.onnx, with the graph's own input names."""
+    own mix (the sensitive layers' qkv/v/down projections at 8 bits, and the LM head at ``lm_head``
+    bits), calibrated on ``calibration``; genai_config.json still names model.onnx, with the
+    graph's own input names."""
     from edgedistill.formats import onnx as onnx_format
 
     src, tmp = pkg / "model.onnx", pkg / "model.int4.onnx"
     onnx_format.quantize(src, tmp, "int4", block_size, "gptq", calibration, model_dir=merged,
-                         last_matmul=True)
+                         last_matmul=lm_head == "int8")
     for p in list(pkg.iterdir()):
         if p.name.startswith("model.onnx"):
             p.unlink()

@@ -109,9 +109,10 @@ def ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[
             ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file)
         if not calibration:
             raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
-        ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration)
+        ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head)
     else:
-        ortgenai.build(run.merged_dir, out_dir, "int4", cache, log_file, q.int4_block_size, algo)
+        ortgenai.build(run.merged_dir, out_dir, "int4", cache, log_file, q.int4_block_size, algo,
+                       q.int4_lm_head)
     shutil.rmtree(cache, ignore_errors=True)
     texts = [m["content"] for msgs in parity.prompts_for(run, run.recipe.export.parity_prompts)
              for m in msgs]
