@@ -386,5 +386,12 @@ report_json     report.json
 report_md       report.md
 report_html     report.html
 """
-for _name, _rel, *_ in (line.split(maxsplit=2) for line in _LAYOUT.strip().splitlines()):
-    setattr(Run, _name, property(lambda s, rel=_rel: s.root / rel))
+
+
+def _add_paths() -> None:
+    for line in _LAYOUT.strip().splitlines():
+        name, rel = line.split()[:2]
+        setattr(Run, name, property(lambda s, rel=rel: s.root / rel))
+
+
+_add_paths()

@@ -15,9 +15,9 @@ its task score on the eval split (greedy, evaluate/metrics.py score_example agai
 answers; the teacher's reply where a record has none), beside the merged student's.
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
-and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does (say
-``export.quantize.int4_lm_head=int4``), so two invocations compare a setting. Prints a table with ratios to the uncalibrated
-artifact and ends stdout with one JSON line.
+and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does
+(say ``export.quantize.int4_lm_head=int4``), so two invocations compare a setting. Prints a table
+with ratios to the uncalibrated artifact and ends stdout with one JSON line.
 """
 
 from __future__ import annotations
