@@ -39,6 +39,10 @@ class DataConfig(Strict):
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)  # token-set similarity
     # more held-out sets, by name: asked of the teacher, scored on every rung, never trained on
     eval_sets: dict[str, str] = {}
+    # more train-only prompt files, by name: asked of the teacher and verified like the train
+    # split, never held out; a prompt that duplicates a train prompt, or is too close to a held-out
+    # one (the measures and thresholds of data.synthesize), is dropped and counted
+    train_sets: dict[str, str] = {}
     synthesize: SynthesizeConfig = SynthesizeConfig()
 
 
@@ -245,9 +249,9 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     data_sec = data.get("data")
     if isinstance(data_sec, dict) and isinstance(data_sec.get("prompts"), str):
         data_sec["prompts"] = resolve(data_sec["prompts"])
-    if isinstance(data_sec, dict) and isinstance(data_sec.get("eval_sets"), dict):
-        data_sec["eval_sets"] = {k: resolve(v) if isinstance(v, str) else v
-                                 for k, v in data_sec["eval_sets"].items()}
+    for key in ("eval_sets", "train_sets"):
+        if isinstance(data_sec, dict) and isinstance(data_sec.get(key), dict):
+            data_sec[key] = {k: resolve(v) if isinstance(v, str) else v for k, v in data_sec[key].items()}
     # model references that look like relative paths and exist next to the recipe
     for section in ("teacher", "student"):
         sec = data.get(section)

@@ -141,8 +141,11 @@ def render(s: dict) -> str:
     if t:
         verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items()))
         syn = t.get("synthesized") or {}
+        sets = t.get("train_sets") or {}
         out.append(f"Training labels: {t.get('train')} ({verified}), from {t.get('train_prompts')} train "
-                   f"questions and {syn.get('kept', 0)} the teacher wrote; the rest were rejected "
+                   + "".join(f"questions ({v} of them from the train-only set `{k}`) " for k, v in sorted(sets.items()))
+                   + ("" if sets else "questions ")
+                   + f"and {syn.get('kept', 0)} the teacher wrote; the rest were rejected "
                    f"({', '.join(f'{v} {k}' for k, v in sorted((t.get('rejected_by_reason') or {}).items()))}).")
         out.append("")
     shipped = (s.get("smallest_passing") or {}).get("cpu-x86")

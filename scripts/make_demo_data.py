@@ -3,6 +3,12 @@ puzzles, comparisons), the demo's QA task.
 
     python scripts/make_demo_data.py [--seed 20261128] [--n 300]          # data/demo.jsonl
     python scripts/make_demo_data.py --rephrased [--seed 7] [--n 90]       # data/demo-rephrased.jsonl
+    python scripts/make_demo_data.py --train [--n 450]                     # data/demo-train.jsonl
+
+demo-train.jsonl holds more questions for training only (data.train_sets): the generator's next
+questions after demo.jsonl's (same seed), so none repeats a demo.jsonl question. The kinds with few
+possible questions (capitals, the 36 words, the 20 opposites) are used up by then, so it is mostly
+arithmetic and comparisons: the kinds a 135M student needs many examples of.
 
 demo.jsonl uses one wording per kind of question. demo-rephrased.jsonl asks the same nine kinds
 in other words (three wordings per kind, none of them the generator's), so a student that learnt
@@ -145,11 +151,17 @@ def rephrased(rng: random.Random, n: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rephrased", action="store_true", help="write the reworded eval set instead")
+    ap.add_argument("--train", action="store_true", help="write the train-only questions instead")
     ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased)")
     ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    if args.rephrased:
+    if args.train:
+        demo_n = 300
+        rows = make(random.Random(20261128 if args.seed is None else args.seed), demo_n + (args.n or 450))[demo_n:]
+        rows = [{**r, "id": f"train-{i:04d}"} for i, r in enumerate(rows)]
+        args.out = args.out or OUT.with_name("demo-train.jsonl")
+    elif args.rephrased:
         rows = rephrased(random.Random(7 if args.seed is None else args.seed), args.n or 90)
         args.out = args.out or OUT.with_name("demo-rephrased.jsonl")
     else:

@@ -323,6 +323,27 @@ def test_a_tied_lm_head_gives_its_statistics_to_the_embeddings(tmp_path):
     assert imatrix.read(tmp_path / "imatrix.gguf")["token_embd.weight"].shape == (32,)
 
 
+def test_batched_imatrix_sums_only_real_tokens(tmp_path):
+    """Sequences of different lengths collected in right-padded batches give the sums and counts
+    of one forward per sequence: the padding never enters them."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgedistill.formats import imatrix
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "m")
+    seqs = [list(range(3, 3 + n)) for n in (5, 17, 9, 30, 2)]
+    batched = imatrix.collect(tmp_path / "m", seqs, batch_size=3)
+    single = imatrix.collect(tmp_path / "m", seqs, batch_size=1)
+    assert batched.keys() == single.keys() and len(batched) == 2 * 7 + 1
+    for name, (total, count) in single.items():
+        assert batched[name][1] == count == sum(map(len, seqs))
+        np.testing.assert_allclose(batched[name][0], total, rtol=1e-4)
+
+
 def test_leak_check_matches_whole_prompts_not_fragments(tmp_path):
     from edgedistill.formats.calibration import check_no_leak
 

@@ -109,3 +109,37 @@ def test_generate_with_synthesis_and_votes(smollm2_gguf, tmp_path):
     assert kinds <= {"majority", "gold"} and m["train"] == len(train)
     rejected = read_jsonl(run / "data" / "rejected.jsonl")
     assert all(r["reason"] for r in rejected)
+
+
+def test_train_sets_add_train_prompts_and_never_touch_eval(tmp_path):
+    """data.train_sets: a train-only file's prompts join the train split, except one that repeats a
+    train prompt or comes too close to a held-out prompt (each dropped with its reason); the eval
+    split and the eval sets stay whole."""
+    from edgedistill.teacher.generate import _prompts
+
+    main = [{"id": f"m{i}", "prompt": p, "answer": a} for i, (p, a) in enumerate([
+        ("What is 21 - 13?", "8"), ("What is the capital of France?", "Paris"),
+        ("What is 40 + 2?", "42"), ("What is 7 times 8?", "56")])]
+    extra = tmp_path / "more.jsonl"
+    extra.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "prompt": "What is 30 + 5?", "answer": "35"},
+        {"id": "b", "prompt": "Name the capital of Peru.", "answer": "Lima"},
+        {"id": "c", "prompt": "Compute 70 minus 3.", "answer": "67"},       # an eval-set question reworded
+        {"id": "d", "prompt": "What is 30 + 5?", "answer": "35"},            # a repeat within the file
+    ]))
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"id": "h", "prompt": "What is 70 minus 3?", "answer": "67"}) + "\n")
+    recipe = load_recipe(write_recipe(tmp_path, prompts=main, data={
+        "eval_fraction": 0.25, "eval_sets": {"reworded": str(held)}, "train_sets": {"more": str(extra)}}))
+    train, evals, sets, removed = _prompts(recipe)
+    assert len(evals) == 1 and [p["id"] for p in sets["reworded"]] == ["reworded:h"]
+    extra_kept = [p for p in train if p.get("source") == "train_sets:more"]
+    assert [p["id"] for p in extra_kept] == ["more:a", "more:b"]
+    assert {p["id"] for p in train} - {p["id"] for p in extra_kept} == {p["id"] for p in main} - {evals[0]["id"]}
+    why = {r["id"]: r["kind"] for r in removed}
+    assert why == {"more:c": "train_set_near_eval", "more:d": "train_set_exact"}
+    # a train-set prompt that repeats an eval prompt verbatim is dropped, the eval prompt stays
+    extra.write_text(json.dumps({"id": "e", "prompt": evals[0]["prompt"], "answer": evals[0]["answer"]}) + "\n")
+    train, evals2, _, removed = _prompts(recipe)
+    assert evals2 == evals and not any(p.get("source") for p in train)
+    assert removed[-1]["id"] == "more:e" and removed[-1]["kind"] == "train_set_near_eval"

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def collect(merged: Path, sequences: list[list[int]]) -> dict[str, tuple["np.ndarray", int]]:
+def collect(merged: Path, sequences: list[list[int]], batch_size: int = 32) -> dict[str, tuple["np.ndarray", int]]:
     """``{module name: (sum of squared inputs per input column, tokens)}`` for every nn.Linear of
-    the merged student, over ``sequences`` (one forward each: no padding enters the sums)."""
+    the merged student, over ``sequences``: batches of similar lengths, right-padded (a causal
+    model's real tokens never see the padding after them), and only real tokens enter the sums."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -49,20 +50,27 @@ def collect(merged: Path, sequences: list[list[int]]) -> dict[str, tuple["np.nda
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     sums: dict[str, Any] = {}
     counts: dict[str, int] = {}
+    real: list[Any] = [None]  # the current batch's real-token rows, flattened
 
     def hook(name: str):
         def pre(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = args[0].detach().reshape(-1, args[0].shape[-1])[real[0]].double()
             sums[name] = (x * x).sum(0) + sums.get(name, 0)
             counts[name] = counts.get(name, 0) + x.shape[0]
         return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    batches = [[sequences[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     try:
         with torch.inference_mode():
-            for ids in tqdm(sequences, desc="importance matrix", unit="seq", leave=False, disable=None):
-                model(input_ids=torch.tensor([ids]), use_cache=False)
+            for batch in tqdm(batches, desc="importance matrix", unit="batch", leave=False, disable=None):
+                width = max(map(len, batch))
+                mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+                ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch])
+                real[0] = mask.reshape(-1).bool()
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -181,7 +181,7 @@ def _training_data(run: Run) -> dict[str, Any] | None:
     m = (run.stage_entry("generate") or {}).get("metrics")
     if not m:
         return None
-    keys = ("train_prompts", "train", "verified", "rejected_by_reason", "synthesized",
+    keys = ("train_prompts", "train_sets", "train", "verified", "rejected_by_reason", "synthesized",
             "teacher_first_answer_gold_accuracy", "eval", "eval_sets", "eval_rejected_kept")
     return {k: m.get(k) for k in keys}
 

@@ -39,7 +39,9 @@ def training_lines(data: dict[str, Any]) -> list[str]:
         return []
     verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items())) or "none"
     rejected = ", ".join(f"{v} {k}" for k, v in sorted((t.get("rejected_by_reason") or {}).items())) or "none"
+    sets = t.get("train_sets") or {}
     lines = [f"{t.get('train')} training examples from {t.get('train_prompts')} train prompts"
+             + (f" ({', '.join(f'{v} from train set {k}' for k, v in sorted(sets.items()))})" if sets else "")
              + (f" and {t['synthesized']['kept']} synthesized ones" if t.get("synthesized") else "")
              + f"; verified: {verified}.", f"Not used for training: {rejected}."]
     if t.get("teacher_first_answer_gold_accuracy") is not None:

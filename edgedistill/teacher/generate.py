@@ -2,7 +2,8 @@
 prompts are verified before they become training data.
 
 RUN/data/prompts.jsonl      every prompt kept after exact and near-duplicate removal, with its split
-                            (train, eval, eval:<set>, and synthesized train prompts)
+                            (train, train:<set> for data.train_sets, eval, eval:<set>, and
+                            train:synthesized)
 RUN/data/teacher.jsonl      every answer the teacher gave, appended and flushed as it arrives: the
                             resume log, keyed by a hash of (model, params, messages)
 RUN/data/synthesized.jsonl  prompts the teacher wrote (data.synthesize), kept or dropped, and why
@@ -81,7 +82,44 @@ def _prompts(recipe: Recipe) -> tuple[list[dict], list[dict], dict[str, list[dic
         removed += [{"id": i, "duplicate_of": f"eval set {name}", "kind": "eval_set"} for i in clash
                     if i not in in_set]
         train = [p for p in train if p["id"] not in clash]
+    held_out = evals + [p for rows in sets.values() for p in rows]
+    for name, path in data.train_sets.items():
+        rows, dropped = _train_set(recipe, name, Path(path), train, held_out)
+        train += rows
+        removed += dropped
     return train, evals, sets, removed
+
+
+TRAIN_SET = "train_sets:"  # the source of a data.train_sets prompt: train_sets:<name>
+
+
+def train_set_of(prompt: dict) -> str | None:
+    """The ``data.train_sets`` name a prompt comes from (None: the prompts file, or synthesized)."""
+    source = str(prompt.get("source", ""))
+    return source[len(TRAIN_SET):] if source.startswith(TRAIN_SET) else None
+
+
+def _train_set(recipe: Recipe, name: str, path: Path, train: list[dict], held_out: list[dict]
+               ) -> tuple[list[dict], list[dict]]:
+    """(kept, removed) prompts of one ``data.train_sets`` file: those that duplicate a train
+    prompt (exactly or nearly), or come as close to a held-out prompt as a synthesized prompt may
+    not (edgedistill.teacher.synthesize's measures and thresholds), are removed."""
+    data, syn = recipe.data, recipe.data.synthesize
+    rows = [{**p, "id": f"{name}:{p['id']}", "source": TRAIN_SET + name} for p in load_prompts(path)]
+    both = train + rows
+    kept, dup = dedupe(both, [prompt_text(messages_of(p)) for p in both], data.near_duplicate_threshold)
+    ours = {p["id"] for p in rows}
+    removed = [{**d, "kind": f"train_set_{d['kind']}"} for d in dup if d["id"] in ours]
+    index = synth.EvalIndex([prompt_text(messages_of(p)) for p in held_out], syn.ngram)
+    out = []
+    for p in (p for p in kept if p["id"] in ours):
+        overlap, similar = index.closest(prompt_text(messages_of(p)))
+        if overlap >= syn.max_eval_overlap or similar >= syn.max_eval_content_similarity:
+            removed.append({"id": p["id"], "duplicate_of": "a held-out prompt", "kind": "train_set_near_eval",
+                            "eval_overlap": round(overlap, 3), "eval_content_similarity": round(similar, 3)})
+        else:
+            out.append(p)
+    return out, removed
 
 
 def _samples(asker: Asker, cfg: Any, prompt: dict, n: int) -> list[tuple[Request, dict | None]]:
@@ -93,7 +131,8 @@ def generate(run: Run, *, force: bool = False) -> None:
     """Ask the teacher every (deduplicated) prompt, verify the train answers, write the splits."""
     recipe = run.recipe
     cfg, task = recipe.teacher, recipe.task
-    sources = [Path(recipe.data.prompts)] + [Path(p) for p in recipe.data.eval_sets.values()]
+    sources = [Path(recipe.data.prompts)] + [Path(p) for p in recipe.data.eval_sets.values()] + \
+        [Path(p) for p in recipe.data.train_sets.values()]
     stage = run.begin("generate", inputs=sources, force=force)
     if stage is None:
         return
@@ -131,9 +170,12 @@ def generate(run: Run, *, force: bool = False) -> None:
         out = _assemble(recipe, asker, train, syn.kept, evals, sets)
         ratio = len(out["train"]) / max(len(pool), 1)
         write_jsonl(run.rejected, out["rejected"])  # kept even when the gate below fails: it says why
+        from_sets = Counter(name for name in map(train_set_of, train) if name)
         stage.metrics.update({
-            "prompts": len(train) + len(evals), "duplicates_removed": Counter(r["kind"] for r in removed),
+            "prompts": len(train) - sum(from_sets.values()) + len(evals),
+            "duplicates_removed": Counter(r["kind"] for r in removed),
             "train_prompts": len(train), "eval": len(evals), "eval_sets": {k: len(v) for k, v in sets.items()},
+            "train_sets": dict(from_sets) or None,
             "synthesized": syn.metrics(recipe) if syn_reqs else None,
             "train": len(out["train"]), "accepted_ratio": round(ratio, 4),
             "verified": dict(Counter(r["verified"] for r in out["train"])),
@@ -159,7 +201,8 @@ def generate(run: Run, *, force: bool = False) -> None:
                 "answers already given are reused.")
         stage.record(run.teacher_log)
         stage.record(run.rejected)
-        splits = [(p, "train") for p in train] + [(p, "train:synthesized") for p in syn.kept] + \
+        splits = [(p, f"train:{train_set_of(p)}" if train_set_of(p) else "train") for p in train] + \
+            [(p, "train:synthesized") for p in syn.kept] + \
             [(p, "eval") for p in evals] + [(p, f"eval:{n}") for n, rows in sets.items() for p in rows]
         write_jsonl(stage.output(run.prompts), [{**p, "split": s} for p, s in splits])
         if syn_reqs:
