@@ -142,11 +142,13 @@ def render(s: dict) -> str:
         verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items()))
         syn = t.get("synthesized") or {}
         sets = t.get("train_sets") or {}
-        out.append(f"Training labels: {t.get('train')} ({verified}), from {t.get('train_prompts')} train "
-                   + "".join(f"questions ({v} of them from the train-only set `{k}`) " for k, v in sorted(sets.items()))
-                   + ("" if sets else "questions ")
-                   + f"and {syn.get('kept', 0)} the teacher wrote; the rest were rejected "
-                   f"({', '.join(f'{v} {k}' for k, v in sorted((t.get('rejected_by_reason') or {}).items()))}).")
+        origin = [f"{t.get('train_prompts')} train questions"
+                  + "".join(f" ({v} of them from the train-only set `{k}`)" for k, v in sorted(sets.items()))]
+        if syn.get("kept"):
+            origin.append(f"{syn['kept']} the teacher wrote")
+        rejected = ", ".join(f"{v} {k}" for k, v in sorted((t.get("rejected_by_reason") or {}).items()))
+        out.append(f"Training labels: {t.get('train')} ({verified}), from {' and '.join(origin)}; "
+                   f"the rest were rejected ({rejected}).")
         out.append("")
     shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
     sc = s.get("seed_claims")
