@@ -143,3 +143,12 @@ def test_train_sets_add_train_prompts_and_never_touch_eval(tmp_path):
     train, evals2, _, removed = _prompts(recipe)
     assert evals2 == evals and not any(p.get("source") for p in train)
     assert removed[-1]["id"] == "more:e" and removed[-1]["kind"] == "train_set_near_eval"
+
+
+def test_a_missing_prompt_file_of_any_set_is_bad_input(tmp_path):
+    """A train or eval set that points at no file ends generate with exit 2 naming the key."""
+    for key in ("train_sets", "eval_sets"):
+        recipe = write_recipe(tmp_path / key, data={key: {"more": "nowhere.jsonl"}})
+        res = CliRunner().invoke(cli, ["generate", str(recipe), "--run-dir", str(tmp_path / key / "run")])
+        assert res.exit_code == 2, res.output
+        assert f"data.{key}.more" in res.output and "nowhere.jsonl does not exist" in res.output

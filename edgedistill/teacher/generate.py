@@ -131,8 +131,14 @@ def generate(run: Run, *, force: bool = False) -> None:
     """Ask the teacher every (deduplicated) prompt, verify the train answers, write the splits."""
     recipe = run.recipe
     cfg, task = recipe.teacher, recipe.task
-    sources = [Path(recipe.data.prompts)] + [Path(p) for p in recipe.data.eval_sets.values()] + \
-        [Path(p) for p in recipe.data.train_sets.values()]
+    named = [("data.prompts", recipe.data.prompts)] + \
+        [(f"data.{key}.{name}", path) for key in ("eval_sets", "train_sets")
+         for name, path in getattr(recipe.data, key).items()]
+    for key, path in named:
+        if not Path(path).is_file():
+            raise DataError(f"{key}: {path} does not exist.", hint="Fix the path in the recipe (relative "
+                            "paths are read from the recipe's folder).")
+    sources = [Path(path) for _, path in named]
     stage = run.begin("generate", inputs=sources, force=force)
     if stage is None:
         return
