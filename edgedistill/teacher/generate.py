@@ -113,8 +113,8 @@ def _train_set(recipe: Recipe, name: str, path: Path, train: list[dict], held_ou
     index = synth.EvalIndex([prompt_text(messages_of(p)) for p in held_out], syn.ngram)
     out = []
     for p in (p for p in kept if p["id"] in ours):
-        overlap, similar = index.closest(prompt_text(messages_of(p)))
-        if overlap >= syn.max_eval_overlap or similar >= syn.max_eval_content_similarity:
+        near_eval, overlap, similar = index.too_close(prompt_text(messages_of(p)), syn)
+        if near_eval:
             removed.append({"id": p["id"], "duplicate_of": "a held-out prompt", "kind": "train_set_near_eval",
                             "eval_overlap": round(overlap, 3), "eval_content_similarity": round(similar, 3)})
         else:

@@ -66,6 +66,14 @@ class EvalIndex:
         similar = max((len(c & e) / len(c | e) for e in self.content if c | e), default=0.0)
         return overlap, similar
 
+    def too_close(self, text: str, syn: Any) -> tuple[str | None, float, float]:
+        """(why ``text`` is too close to an eval prompt under ``data.synthesize``'s thresholds, or
+        None; its n-gram containment; its content-word similarity)."""
+        overlap, similar = self.closest(text)
+        reason = ("eval_ngram_overlap" if overlap >= syn.max_eval_overlap else
+                  "eval_content_similarity" if similar >= syn.max_eval_content_similarity else None)
+        return reason, overlap, similar
+
 
 def requests(recipe: Recipe, train_prompts: list[dict[str, Any]]) -> list[Request]:
     """The synthesis requests: each shows ``per_request`` train prompts (a seeded draw per request)."""
@@ -128,16 +136,14 @@ def select(recipe: Recipe, replies: list[tuple[Request, dict[str, Any] | None]],
             out.parsed += 1
             entry = {"id": "syn-" + content_id(text)[:12], "prompt": text, "source": "synthesized",
                      "synthesis": {"request": req.key, "line": line_no}}
-            overlap, similar = index.closest(text)
+            near_eval, overlap, similar = index.too_close(text, syn)
             reason = None
             if len(out.kept) >= syn.n:
                 reason = "over_n"
             elif exact_key(text) in seen:
                 reason = "duplicate"
-            elif overlap >= syn.max_eval_overlap:
-                reason = "eval_ngram_overlap"
-            elif similar >= syn.max_eval_content_similarity:
-                reason = "eval_content_similarity"
+            elif near_eval:
+                reason = near_eval
             else:
                 f = features(text)
                 if any(jaccard(f, other) >= recipe.data.near_duplicate_threshold for other in kept_features):
