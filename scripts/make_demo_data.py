@@ -3,19 +3,25 @@ puzzles, comparisons), the demo's QA task.
 
     python scripts/make_demo_data.py [--seed 20261128] [--n 300]          # data/demo.jsonl
     python scripts/make_demo_data.py --rephrased [--seed 7] [--n 90]       # data/demo-rephrased.jsonl
-    python scripts/make_demo_data.py --train [--n 450]                     # data/demo-train.jsonl
+    python scripts/make_demo_data.py --train [--n 450] [--kinds add,sub,mul,larger:70]
+                                                                           # data/demo-train.jsonl
 
 demo-train.jsonl holds more questions for training only (data.train_sets): the generator's next
-questions after demo.jsonl's (same seed), so none repeats a demo.jsonl question. The kinds with few
-possible questions (capitals, the 36 words, the 20 opposites) are used up by then, so it is mostly
-arithmetic and comparisons: the kinds a 135M student needs many examples of.
+questions after demo.jsonl's (same seed), so none repeats a demo.jsonl question, of the kinds
+--kinds names (each at most as many times as it says). By default those are the sums, differences
+and products, where a 135M student stays furthest behind its teacher after the demo's own train
+split, and 70 comparisons (without them it answers comparisons worded differently worse); the
+kinds it already answers about as well as the teacher get no more. Each sum, difference or
+product is asked in one of five wordings in turn (TRAIN_WORDINGS: the generator's and four more,
+none of the rephrased set's), so the student learns the operation, not one sentence.
 
 demo.jsonl uses one wording per kind of question. demo-rephrased.jsonl asks the same nine kinds
 in other words (three wordings per kind, none of them the generator's), so a student that learnt
 the task, not the generator's phrasing, keeps its score there; the demo scores it as an eval set
-(data.eval_sets), never trained on. The same seed writes the same file. The instruction to answer briefly is not repeated in every
-prompt: profiles/demo.yaml gives it once, as teacher.system_prompt, which every teacher record
-(and so the student's training and eval prompts) carries.
+(data.eval_sets), never trained on. The same seed writes the same file. The instruction to
+answer briefly is not repeated in every prompt: profiles/demo.yaml gives it once, as
+teacher.system_prompt, which every teacher record (and so the student's training and eval
+prompts) carries.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "edgedistill" / "profiles" / "data" / "demo.jsonl"
@@ -47,6 +54,10 @@ OPPOSITES = {"hot": "cold", "up": "down", "big": "small", "fast": "slow", "early
              "happy": "sad", "open": "closed", "light": "dark", "wet": "dry", "full": "empty",
              "hard": "soft", "high": "low", "old": "new", "rich": "poor", "strong": "weak",
              "loud": "quiet", "thick": "thin", "long": "short", "left": "right", "true": "false"}
+
+
+KINDS = ("add", "sub", "mul", "capital", "first", "last", "length", "opposite", "larger")
+TRAIN_KINDS = ("add", "sub", "mul", "larger:70")  # kind[:most]
 
 
 def make(rng: random.Random, n: int) -> list[dict]:
@@ -88,8 +99,7 @@ def make(rng: random.Random, n: int) -> list[dict]:
         a, b = rng.sample(range(1, 500), 2)
         return f"Which number is larger: {a} or {b}?", str(max(a, b))
 
-    makers = {"add": add, "sub": sub, "mul": mul, "capital": capital, "first": first_letter,
-              "last": last_letter, "length": length, "opposite": opposite, "larger": larger}
+    makers = dict(zip(KINDS, (add, sub, mul, capital, first_letter, last_letter, length, opposite, larger)))
     seen, rows = set(), []
     while len(rows) < n:
         kind = rng.choice(list(makers))
@@ -118,6 +128,32 @@ REPHRASED = {
     "larger": ("Which is bigger, {a} or {b}?", "Of {a} and {b}, which number is greater?",
                "Pick the larger number: {a}, {b}."),
 }
+
+
+# The train-only questions ask each sum, difference and product in one of five wordings in turn
+# (the generator's own and four more, none of them REPHRASED's), so the student learns the
+# operation, not one sentence; the rephrased eval set stays worded as nothing it trained on.
+TRAIN_WORDINGS = {
+    "add": ("What is {a} + {b}?", "What is {a} plus {b}?", "{a} + {b} = ?", "Find the total of {a} and {b}.",
+            "How much is {a} plus {b}?"),
+    "sub": ("What is {a} - {b}?", "{a} - {b} = ?", "What is {a} take away {b}?",
+            "Find the difference between {a} and {b}.", "What is {b} less than {a}?"),
+    "mul": ("What is {a} times {b}?", "{a} x {b} = ?", "What is {a} * {b}?", "Find {a} times {b}.",
+            "How much is {a} times {b}?"),
+}
+
+
+def reworded(rows: list[dict]) -> list[dict]:
+    """``rows`` with each arithmetic question in the next of its kind's TRAIN_WORDINGS."""
+    out, turn = [], {}
+    for r in rows:
+        if r["kind"] in TRAIN_WORDINGS:
+            a, b = re.findall(r"\d+", r["prompt"])
+            i = turn[r["kind"]] = turn.get(r["kind"], -1) + 1
+            wordings = TRAIN_WORDINGS[r["kind"]]
+            r = {**r, "prompt": wordings[i % len(wordings)].format(a=a, b=b)}
+        out.append(r)
+    return out
 
 
 def rephrased(rng: random.Random, n: int) -> list[dict]:
@@ -153,13 +189,29 @@ def main() -> None:
     ap.add_argument("--rephrased", action="store_true", help="write the reworded eval set instead")
     ap.add_argument("--train", action="store_true", help="write the train-only questions instead")
     ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased)")
-    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased)")
+    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased), 450 (train)")
+    ap.add_argument("--kinds", default=",".join(TRAIN_KINDS),
+                    help="--train: the kinds kept, comma-separated, each optionally with the most kept (larger:70)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.train:
-        demo_n = 300
-        rows = make(random.Random(20261128 if args.seed is None else args.seed), demo_n + (args.n or 450))[demo_n:]
-        rows = [{**r, "id": f"train-{i:04d}"} for i, r in enumerate(rows)]
+        demo_n, n = 300, args.n or 450
+        try:
+            most = {k: int(m) if m else n for k, _, m in (item.partition(":") for item in args.kinds.split(","))}
+        except ValueError:
+            ap.error(f"--kinds {args.kinds}: each item is a kind, or kind:most (a whole number)")
+        unknown = set(most) - set(KINDS)
+        if unknown:
+            ap.error(f"--kinds: unknown {sorted(unknown)}; the kinds are {', '.join(KINDS)}")
+        stream = make(random.Random(20261128 if args.seed is None else args.seed), demo_n + 20 * n)[demo_n:]
+        rows, taken = [], dict.fromkeys(most, 0)
+        for r in stream:
+            if len(rows) < n and taken.get(r["kind"], n) < most.get(r["kind"], 0):
+                taken[r["kind"]] += 1
+                rows.append(r)
+        if len(rows) < n:
+            ap.error(f"--train: the generator has only {len(rows)} more questions of {args.kinds}")
+        rows = [{**r, "id": f"train-{i:04d}"} for i, r in enumerate(reworded(rows))]
         args.out = args.out or OUT.with_name("demo-train.jsonl")
     elif args.rephrased:
         rows = rephrased(random.Random(7 if args.seed is None else args.seed), args.n or 90)

@@ -4,6 +4,7 @@ and the train-only file shares no question with the file the eval split is drawn
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,45 @@ def test_the_demo_files_are_what_the_generator_writes(tmp_path, name, flags):
     assert out.read_bytes() == (DATA / name).read_bytes()
 
 
-def test_train_only_questions_never_repeat_a_demo_question():
-    def questions(name):
-        return [json.loads(line)["prompt"] for line in (DATA / name).read_text().splitlines()]
+def test_train_only_questions_are_new_arithmetic_ones():
+    def rows(name):
+        return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
 
-    demo, extra = questions("demo.jsonl"), questions("demo-train.jsonl")
-    assert len(extra) == len(set(extra)) == 450 and not set(extra) & set(demo)
+    demo, extra = {r["prompt"] for r in rows("demo.jsonl")}, [r["prompt"] for r in rows("demo-train.jsonl")]
+    assert len(extra) == len(set(extra)) == 450 and not set(extra) & demo
+    kinds = [r["kind"] for r in rows("demo-train.jsonl")]
+    assert set(kinds) == {"add", "sub", "mul", "larger"} and kinds.count("larger") == 70
+
+
+def test_train_wordings_are_not_the_rephrased_sets():
+    """The reworded train questions teach the operation; the rephrased eval set must still ask in
+    words the student never trained on, and each train question must still mean its answer."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_demo_data as m
+
+    for kind, wordings in m.TRAIN_WORDINGS.items():
+        assert not set(wordings) & set(m.REPHRASED[kind])
+    rows = [json.loads(line) for line in (DATA / "demo-train.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] in m.TRAIN_WORDINGS]
+    ops = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
+    used = set()
+    for r in rows:
+        for w in m.TRAIN_WORDINGS[r["kind"]]:
+            pattern = re.escape(w).replace(re.escape("{a}"), r"(?P<a>\d+)").replace(re.escape("{b}"), r"(?P<b>\d+)")
+            hit = re.fullmatch(pattern, r["prompt"])
+            if hit:
+                used.add(w)
+                assert str(ops[r["kind"]](int(hit["a"]), int(hit["b"]))) == r["answer"], r
+                break
+        else:
+            raise AssertionError(f"not in TRAIN_WORDINGS: {r}")
+    assert used == {w for ws in m.TRAIN_WORDINGS.values() for w in ws}
+
+
+def test_train_kinds_are_checked(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--train",
+                           "--kinds", "add,sums", "--out", str(tmp_path / "t.jsonl")], check=False, capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown ['sums']" in done.stderr and not (tmp_path / "t.jsonl").exists()
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--train",
+                           "--kinds", "add,larger:many", "--out", str(tmp_path / "t.jsonl")], check=False, capture_output=True, text=True)
+    assert done.returncode == 2 and "kind:most" in done.stderr and not (tmp_path / "t.jsonl").exists()
