@@ -69,3 +69,18 @@ def test_a_copy_passes_and_a_damaged_copy_fails(tmp_path, tiny_model_dir):
     assert result["max_abs_logit_diff"] > parity.LOGIT_TOLERANCE["fp32"]
     with pytest.raises(ArtifactError, match="is not the student"):
         parity.judge("onnx-fp32", result, parity.LOGIT_TOLERANCE["fp32"])
+
+
+def test_logit_difference_is_judged_where_generation_reads():
+    """Prompt positions are teacher-forced, never sampled from (an f16 GGUF moved logits at the
+    template's second token by 3.9): recorded, not judged. From the prompt's last token on,
+    every logit counts."""
+    import numpy as np
+
+    ref = np.zeros((5, 4))
+    art = ref.copy()
+    art[1, 2] = 3.9  # a prompt position
+    art[3, 0] = 0.05  # the prompt's last token: its logits pick the first generated token
+    assert parity.logit_differences(art, ref, start=3) == pytest.approx((0.05, 3.9))
+    art[4, 3] = -2.0  # a generated position, any token
+    assert parity.logit_differences(art, ref, start=3) == pytest.approx((2.0, 3.9))
