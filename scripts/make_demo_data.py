@@ -3,7 +3,7 @@ puzzles, comparisons), the demo's QA task.
 
     python scripts/make_demo_data.py [--seed 20261128] [--n 300]          # data/demo.jsonl
     python scripts/make_demo_data.py --rephrased [--seed 7] [--n 90]       # data/demo-rephrased.jsonl
-    python scripts/make_demo_data.py --train [--n 450] [--kinds add,sub,mul,larger:70]
+    python scripts/make_demo_data.py --train [--n 600] [--kinds add,sub,mul,larger:70]
                                                                            # data/demo-train.jsonl
 
 demo-train.jsonl holds more questions for training only (data.train_sets): the generator's next
@@ -189,13 +189,13 @@ def main() -> None:
     ap.add_argument("--rephrased", action="store_true", help="write the reworded eval set instead")
     ap.add_argument("--train", action="store_true", help="write the train-only questions instead")
     ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased)")
-    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased), 450 (train)")
+    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased), 600 (train)")
     ap.add_argument("--kinds", default=",".join(TRAIN_KINDS),
                     help="--train: the kinds kept, comma-separated, each optionally with the most kept (larger:70)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.train:
-        demo_n, n = 300, args.n or 450
+        demo_n, n = 300, args.n or 600
         try:
             most = {k: int(m) if m else n for k, _, m in (item.partition(":") for item in args.kinds.split(","))}
         except ValueError:

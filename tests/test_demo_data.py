@@ -29,7 +29,7 @@ def test_train_only_questions_are_new_arithmetic_ones():
         return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
 
     demo, extra = {r["prompt"] for r in rows("demo.jsonl")}, [r["prompt"] for r in rows("demo-train.jsonl")]
-    assert len(extra) == len(set(extra)) == 450 and not set(extra) & demo
+    assert len(extra) == len(set(extra)) == 600 and not set(extra) & demo
     kinds = [r["kind"] for r in rows("demo-train.jsonl")]
     assert set(kinds) == {"add", "sub", "mul", "larger"} and kinds.count("larger") == 70
 
