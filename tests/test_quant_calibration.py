@@ -191,6 +191,68 @@ def test_gptq_int4_keeps_the_sensitive_matmuls_at_8_bits(tmp_path, cal_run):
     assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
+def test_gptq_hessians_from_one_run_per_sequence_give_the_same_weights(tmp_path, cal_run,
+                                                                      monkeypatch, caplog):
+    """onnxruntime runs the whole model once per MatMul input per sequence to collect GPTQ's
+    Hessians; one_pass answers those from one run per sequence: same packed weights, ~1/4 layers
+    the runs."""
+    import contextlib
+    import logging
+    import types
+
+    import onnx
+    from onnx import numpy_helper
+
+    from edgedistill.formats import gptq
+    from edgedistill.formats.calibration import load
+    from edgedistill.formats.variants import onnx_variant
+
+    def packed(path: Path) -> dict:
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+    ids = load(cal_run.export_dir / "calibration" / "calibration.json").select_tokens(200)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "lib").mkdir()
+    monkeypatch.setattr(gptq, "WINDOW", 64)  # several sequences, each answered from its own run
+    with caplog.at_level(logging.INFO, logger="edgedistill.formats.gptq"):
+        fast = packed(onnx_variant(cal_run, "int4", tmp_path / "one", "gptq", ids))
+    runs = [r.args for r in caplog.records if r.msg.startswith("GPTQ: %d model runs")]
+    assert runs and runs[-1][0] == runs[-1][1] >= 3  # one run per calibration sequence
+
+    @contextlib.contextmanager
+    def library_runs():
+        yield types.SimpleNamespace(sessions=[])
+
+    monkeypatch.setattr(gptq, "one_pass", library_runs)
+    slow = packed(onnx_variant(cal_run, "int4", tmp_path / "lib", "gptq", ids))
+    assert fast.keys() == slow.keys() and any("Q4" in k for k in fast)
+    for name, value in slow.items():
+        np.testing.assert_array_equal(fast[name], value, err_msg=name)
+
+
+def test_one_pass_session_hands_each_output_out_once_and_passes_the_rest_through():
+    from edgedistill.formats.gptq import _OnePassSession
+
+    class Session:
+        calls: list = []
+
+        def get_outputs(self):
+            return [types.SimpleNamespace(name=n) for n in ("a", "b")]
+
+        def run(self, names, feed):
+            self.calls.append(list(names) if names else names)
+            return [np.full(2, ord(n)) for n in (names or ["a", "b"])]
+
+    import types
+    session, feed = Session(), {"x": 1}
+    s = _OnePassSession(session)
+    assert s.run(["a"], feed)[0][0] == ord("a") and s.run(["b"], feed)[0][0] == ord("b")
+    assert Session.calls == [["a", "b"]]  # one run answered both
+    assert s.run(["a"], feed)[0][0] == ord("a")  # asked again: a real run, not a stale answer
+    assert s.run(None, feed)[1][0] == ord("b") and s.runs == 3
+    assert s.get_outputs()[0].name == "a"
+
+
 def test_a_deliberately_broken_artifact_shows_a_large_kld(cal_run, tmp_path):
     from gguf import GGUFReader
 
