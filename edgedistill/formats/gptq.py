@@ -19,8 +19,8 @@ calibration sequence once per distinct MatMul input (about four per layer: q/k/v
 tokens on SmolLM2-135M on 2 cores. :func:`one_pass` answers those runs from one run per sequence
 that returns every MatMul input at once: the same session over the same feeds, so the same Hessians
 and the same packed weights (tested); 48 s for the same 1024 tokens (`scripts/bench_quant.py`),
-peak RSS 2.7 -> 3.8 GB, since every sequence's MatMul inputs are held until each is read (at most
-:data:`CACHE_BYTES`; past it, the library's own runs). Calibration tokens are packed into windows
+peak RSS 2.7 -> 3.8 GB, since every sequence's MatMul inputs are held until each is read (once
+:data:`CACHE_BYTES` are held, further sequences get the library's own runs). Calibration tokens are packed into windows
 of up to :data:`WINDOW` tokens (few, long runs) and capped by ``export.quantize.gptq_max_tokens``.
 """
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WINDOW = 512  # tokens per calibration sequence fed to GPTQ (at most the model's context)
-CACHE_BYTES = 2 << 30  # activations one_pass may hold at once; past it, one run per input again
+CACHE_BYTES = 2 << 30  # held activations past which one_pass runs once per input again
 
 
 class TokenReader:
