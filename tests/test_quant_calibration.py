@@ -194,8 +194,7 @@ def test_gptq_int4_keeps_the_sensitive_matmuls_at_8_bits(tmp_path, cal_run):
 def test_gptq_hessians_from_one_run_per_sequence_give_the_same_weights(tmp_path, cal_run,
                                                                       monkeypatch, caplog):
     """onnxruntime runs the whole model once per MatMul input per sequence to collect GPTQ's
-    Hessians; one_pass answers those from one run per sequence: same packed weights, ~1/4 layers
-    the runs."""
+    Hessians; one_pass answers those from one run per sequence: the same packed weights."""
     import contextlib
     import logging
     import types
@@ -231,10 +230,13 @@ def test_gptq_hessians_from_one_run_per_sequence_give_the_same_weights(tmp_path,
 
 
 def test_one_pass_session_hands_each_output_out_once_and_passes_the_rest_through():
+    import types
+
     from edgedistill.formats.gptq import _OnePassSession
 
     class Session:
-        calls: list = []
+        def __init__(self):
+            self.calls: list = []
 
         def get_outputs(self):
             return [types.SimpleNamespace(name=n) for n in ("a", "b")]
@@ -243,11 +245,10 @@ def test_one_pass_session_hands_each_output_out_once_and_passes_the_rest_through
             self.calls.append(list(names) if names else names)
             return [np.full(2, ord(n)) for n in (names or ["a", "b"])]
 
-    import types
     session, feed = Session(), {"x": 1}
     s = _OnePassSession(session)
     assert s.run(["a"], feed)[0][0] == ord("a") and s.run(["b"], feed)[0][0] == ord("b")
-    assert Session.calls == [["a", "b"]]  # one run answered both
+    assert session.calls == [["a", "b"]]  # one run answered both
     assert s.run(["a"], feed)[0][0] == ord("a")  # asked again: a real run, not a stale answer
     assert s.run(None, feed)[1][0] == ord("b") and s.runs == 3
     assert s.get_outputs()[0].name == "a"

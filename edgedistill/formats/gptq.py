@@ -137,7 +137,8 @@ class _OnePassSession:
     def __init__(self, session: Any):
         self._session = session
         self._names = [o.name for o in session.get_outputs()]
-        self._held: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(feed) -> (feed, outputs left)
+        # id(feed) -> (feed, outputs left); holding the feed keeps its id from being reused
+        self._held: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._bytes = 0
         self.runs = 0
 
@@ -146,7 +147,7 @@ class _OnePassSession:
                 or names[0] not in self._names:
             return self._run(names, feed, *args, **kwargs)
         entry = self._held.get(id(feed))
-        if entry is None or entry[0] is not feed:
+        if entry is None:
             if self._bytes >= CACHE_BYTES:
                 return self._run(names, feed)
             entry = (feed, dict(zip(self._names, self._run(self._names, feed))))
