@@ -142,6 +142,9 @@ class TrainConfig(Strict):
     # auto: bf16 autocast where the CPU computes bf16 natively (AMX / AVX512-BF16: ~1.7x faster
     # here, scripts/bench_train.py) or on a GPU; fp32 elsewhere. Weights stay fp32 either way.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: eager on a CPU when every example is short and batches are padded (faster there,
+    # scripts/bench_attention.py), SDPA otherwise (the two differ only in float rounding)
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
     # the best checkpoint is chosen on a dev slice of the train split, never on the eval split:
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     dev_max: int = Field(64, ge=1)  # at most this many dev examples (scored by generation)
@@ -165,8 +168,9 @@ class QuantizeConfig(Strict):
     # ORT GenAI int4's LM head (which a tied embedding also reads): int8 keeps more of the merged
     # student, int4 makes a smaller package (scripts/bench_quant.py --set compares them)
     int4_lm_head: Literal["int8", "int4"] = "int8"
-    # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one forward over it
-    # per MatMul input, ~4 per layer); rtn and k_quant need none (k_quant: better, ~4x slower)
+    # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one model run per
+    # calibration window, its Hessians from every MatMul input, edgedistill.formats.gptq); rtn and
+    # k_quant need none (k_quant: better, ~4x slower)
     algo: Literal["rtn", "k_quant", "gptq"] = "gptq"
     # none | task (the run's train split: prompts + teacher answers) | text:FILE (generic text,
     # .txt or .jsonl). A calibrated artifact is kept only when its KL divergence from the merged

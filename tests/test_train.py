@@ -156,6 +156,7 @@ def test_kd_trains_on_teacher_topk(tmp_path, tiny_model_dir):
                    packing=True, train_records=_with_teacher_logprobs(tok, records(12)))
     train(run)
     assert run.stage_entry("train")["metrics"]["packing"] is True
+    assert run.stage_entry("train")["metrics"]["attention"] == "sdpa"  # packed rows are long
     kd = run.stage_entry("train")["metrics"]["kd"]
     assert kd["used"] is True and kd["examples"] == 12 and kd["temperature"] == 2.0
 
@@ -364,3 +365,54 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_auto_attention_is_eager_only_for_short_padded_batches_on_a_cpu():
+    from edgedistill.train.dev import EAGER_MAX_TOKENS, attention
+
+    short, long = EAGER_MAX_TOKENS, EAGER_MAX_TOKENS + 1
+    assert attention("auto", on_gpu=False, packing=False, longest=short) == "eager"
+    assert attention("auto", on_gpu=False, packing=False, longest=long) == "sdpa"
+    assert attention("auto", on_gpu=False, packing=True, longest=short) == "sdpa"  # one long row
+    assert attention("auto", on_gpu=True, packing=False, longest=short) == "sdpa"
+    assert attention("sdpa", on_gpu=False, packing=False, longest=short) == "sdpa"  # asked for
+    assert attention("eager", on_gpu=True, packing=False, longest=long) == "eager"
+
+
+def test_eager_and_sdpa_attention_train_alike_on_a_padded_batch(tiny_model_dir):
+    """Same loss and gradients (to float rounding) with either implementation, padding included."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgedistill.train.collate import Collator, encode_example
+    from edgedistill.train.student import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    batch = Collator(pad_id=tok.pad_token_id, packing=False)([encode_example(tok, r, 256) for r in records(4)])
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # rows of different lengths: padding
+    grads = {}
+    for impl in ("eager", "sdpa"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl)
+        model.config.use_cache = False
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        assert model.config._attn_implementation == impl
+        grads[impl] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (le, ge), (ls, gs) = grads["eager"], grads["sdpa"]
+    assert abs(le - ls) < 1e-5
+    assert all(torch.allclose(ge[n], gs[n], atol=1e-5, rtol=1e-4) for n in ge)
+
+
+def test_the_train_stage_records_the_attention_it_picked(tmp_path, tiny_model_dir):
+    from edgedistill.train.finetune import train
+
+    short = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+              "response": str(i + 1), "answer": str(i + 1)} for i in range(12)]
+    run = make_run(tmp_path / "short", tiny_model_dir, max_steps=2, train_records=short, precision="fp32")
+    train(run)
+    assert run.stage_entry("train")["metrics"]["attention"] == "eager"
+    run = make_run(tmp_path / "asked", tiny_model_dir, max_steps=2, train_records=short, precision="fp32",
+                   attention="sdpa")
+    train(run)
+    assert run.stage_entry("train")["metrics"]["attention"] == "sdpa"

@@ -48,6 +48,19 @@ def precision(choice: str) -> str:
     return choice
 
 
+# train.attention: auto picks eager attention on a CPU for padded batches of examples up to this
+# many tokens, where SDPA's CPU kernels cost more than they save; from about 96 tokens on
+# eager is no faster (scripts/bench_attention.py prints both, by length)
+EAGER_MAX_TOKENS = 64
+
+
+def attention(choice: str, *, on_gpu: bool, packing: bool, longest: int) -> str:
+    """The attention implementation the student trains with: ``choice`` unless it is auto."""
+    if choice != "auto":
+        return choice
+    return "eager" if not on_gpu and not packing and longest <= EAGER_MAX_TOKENS else "sdpa"
+
+
 class DevScorer:
     """Scores a model on the dev slice: greedy answers, the task's metric."""
 

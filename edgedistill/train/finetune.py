@@ -82,7 +82,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     import torch
     from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainingArguments, set_seed
 
-    from edgedistill.train.dev import DevScorer, precision, split_dev
+    from edgedistill.train.dev import DevScorer, attention, precision, split_dev
     from edgedistill.train.trainer import DistilTrainer, TrainLog
 
     recipe = run.recipe
@@ -120,7 +120,9 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     on_gpu = state.device.type == "cuda"
     prec = precision(cfg.precision)
     dtype = getattr(torch, recipe.student.dtype) if on_gpu else torch.float32  # CPU keeps fp32 weights
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="sdpa",
+    attn = attention(cfg.attention, on_gpu=on_gpu, packing=cfg.packing,
+                     longest=max(len(e["input_ids"]) for e in train_set + dev_set))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=attn,
                                                  trust_remote_code=recipe.student.trust_remote_code)
     model.config.use_cache = False
     if cfg.method == "lora":
@@ -183,7 +185,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
                for h in trainer.state.log_history if "eval_loss" in h or "eval_dev_score" in h]
     best = trainer.state.best_model_checkpoint
     return {
-        "base": base, "method": cfg.method, "precision": prec, "learning_rate": lr,
+        "base": base, "method": cfg.method, "precision": prec, "attention": attn, "learning_rate": lr,
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0, 3),
         "train_loss": round(out.training_loss, 5), "select": select,
         "best_step": int(best.rsplit("-", 1)[-1]) if best else None,
