@@ -51,6 +51,18 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     return None
 
 
+def _is_mapping_at(model: type[BaseModel], loc: tuple) -> bool:
+    """Whether ``loc`` names a field of free-form names (``dict[str, ...]``, e.g. data.train_sets),
+    whose keys a ``--set`` may add."""
+    if not loc or _fields_at(model, loc[:-1]) is None:
+        return False
+    current: Any = model
+    for part in loc[:-1]:
+        current = _model_in(current.model_fields[part].annotation)
+    field = current.model_fields.get(loc[-1])
+    return field is not None and getattr(field.annotation, "__origin__", None) is dict
+
+
 def _model_in(annotation: Any) -> Any:
     """The BaseModel inside Optional[...] / Union[...], else the annotation itself."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -105,12 +117,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=c`` overrides to a raw recipe dict; unknown keys fail with the valid ones."""
+    """Apply ``a.b=c`` overrides to a raw recipe dict; unknown keys fail with the valid ones. A
+    section of free-form names takes any name (``data.train_sets.more=extra.jsonl``)."""
     data = json.loads(json.dumps(data))  # deep copy, plain types
     for item in overrides:
         path, value = parse_override(item)
         valid = _fields_at(model, tuple(path[:-1]))
-        if valid is None or path[-1] not in valid:
+        if (valid is None or path[-1] not in valid) and not _is_mapping_at(model, tuple(path[:-1])):
             parent = ".".join(path[:-1]) or "the top level"
             known = ", ".join(valid) if valid else "(none: not a section)"
             raise ConfigError(

@@ -111,6 +111,23 @@ def test_set_unknown_keys(item, expected):
     assert expected in str(e.value)
 
 
+def test_set_adds_a_named_data_set(tmp_path):
+    """data.train_sets and data.eval_sets take names the user chooses: --set may add one (and
+    change one the recipe has), a wrong value type still fails naming the key."""
+    recipe_file = write_recipe(tmp_path, data={"prompts": "prompts.jsonl", "eval_fraction": 0.2,
+                                               "eval_sets": {"hard": "hard.jsonl"}})
+    recipe = load_recipe(recipe_file, ["data.train_sets.more=extra.jsonl",
+                                       "data.eval_sets.hard=other.jsonl"])
+    assert recipe.data.train_sets == {"more": "extra.jsonl"}
+    assert recipe.data.eval_sets == {"hard": "other.jsonl"}
+    with pytest.raises(ConfigError) as e:
+        load_recipe(recipe_file, ["data.train_sets.more=[1, 2]"])
+    assert "data.train_sets.more" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # below a named set there is nothing to set
+        load_recipe(recipe_file, ["data.train_sets.more.path=x.jsonl"])
+    assert "not a section" in str(e.value)
+
+
 def test_missing_required_section(tmp_path):
     path = write_recipe(tmp_path, text="task: qa\ndata: {prompts: p.jsonl}\nteacher: {model: t}\n")
     with pytest.raises(ConfigError) as e:
