@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from edgedistill.errors import ConfigError
 from edgedistill.registry import FORMAT_NAMES, TASKS
-from edgedistill.schema import Strict, apply_overrides, bundled, read_yaml, validate
+from edgedistill.schema import Strict, apply_overrides, bundled, parse_override, read_yaml, validate
 
 
 class SynthesizeConfig(Strict):
@@ -289,12 +289,23 @@ def find_recipe(name_or_path: str | None) -> Path:
     )
 
 
+def _from_cwd(item: str) -> str:
+    """A path given with --set is read from the current folder (a recipe's own paths from the
+    recipe's folder): made absolute here, so the run's saved config.yaml reads the same file."""
+    key, _ = parse_override(item)
+    alone = apply_overrides(Recipe, {}, [item])
+    resolved = _resolve_paths(json.loads(json.dumps(alone)), Path.cwd())
+    for part in key:
+        alone, resolved = alone[part], resolved[part]
+    return item if resolved == alone else f"{'.'.join(key)}={json.dumps(resolved)}"
+
+
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping of recipe keys.")
     raw = _resolve_paths(raw, path.resolve().parent)
-    raw = apply_overrides(Recipe, raw, list(overrides))
+    raw = apply_overrides(Recipe, raw, [_from_cwd(o) for o in overrides])
     shown = [o.partition("=")[0] + "=<credential hidden>" if credentials_in(o.partition("=")[2]) else o
              for o in overrides]
     source = str(path) + (f" with --set {' '.join(shown)}" if overrides else "")

@@ -116,16 +116,29 @@ def test_set_adds_a_named_data_set(tmp_path):
     change one the recipe has), a wrong value type still fails naming the key."""
     recipe_file = write_recipe(tmp_path, data={"prompts": "prompts.jsonl", "eval_fraction": 0.2,
                                                "eval_sets": {"hard": "hard.jsonl"}})
-    recipe = load_recipe(recipe_file, ["data.train_sets.more=extra.jsonl",
-                                       "data.eval_sets.hard=other.jsonl"])
-    assert recipe.data.train_sets == {"more": "extra.jsonl"}
-    assert recipe.data.eval_sets == {"hard": "other.jsonl"}
+    recipe = load_recipe(recipe_file, ["data.train_sets.more=/abs/extra.jsonl",
+                                       "data.eval_sets.hard=/abs/other.jsonl"])
+    assert recipe.data.train_sets == {"more": "/abs/extra.jsonl"}
+    assert recipe.data.eval_sets == {"hard": "/abs/other.jsonl"}
     with pytest.raises(ConfigError) as e:
         load_recipe(recipe_file, ["data.train_sets.more=[1, 2]"])
     assert "data.train_sets.more" in str(e.value)
     with pytest.raises(ConfigError) as e:  # below a named set there is nothing to set
         load_recipe(recipe_file, ["data.train_sets.more.path=x.jsonl"])
     assert "not a section" in str(e.value)
+
+
+def test_set_paths_are_read_from_the_current_folder(tmp_path, monkeypatch):
+    """A recipe's relative paths are read from its folder; one given with --set from where the
+    command runs (made absolute, so the run's saved config reads the same file from anywhere)."""
+    recipe_file = write_recipe(tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(recipe_file, ["data.train_sets.more=extra.jsonl", "data.prompts=mine.jsonl",
+                                       "train.max_steps=5"])
+    assert recipe.data.train_sets == {"more": str(tmp_path / "extra.jsonl")}
+    assert recipe.data.prompts == str(tmp_path / "mine.jsonl")
+    assert recipe.train.max_steps == 5
+    assert load_recipe(recipe_file).data.prompts == str(tmp_path / "recipes" / "prompts.jsonl")
 
 
 def test_missing_required_section(tmp_path):

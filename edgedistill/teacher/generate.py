@@ -136,8 +136,8 @@ def generate(run: Run, *, force: bool = False) -> None:
          for name, path in getattr(recipe.data, key).items()]
     for key, path in named:
         if not Path(path).is_file():
-            raise DataError(f"{key}: {path} does not exist.", hint="Fix the path in the recipe (relative "
-                            "paths are read from the recipe's folder).")
+            raise DataError(f"{key}: {path} does not exist.", hint="Fix the path (a recipe's relative paths are "
+                            "read from its folder, a --set one's from the current folder).")
     sources = [Path(path) for _, path in named]
     stage = run.begin("generate", inputs=sources, force=force)
     if stage is None:
