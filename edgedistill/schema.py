@@ -36,39 +36,41 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid YAML: {e}.") from None
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
-    """The valid keys of the (sub)model reached by ``loc``, or None when loc leaves the models."""
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple) -> Any:
+    """The annotation of the field ``loc`` names (``model`` for ``()``), or None when loc leaves
+    the models."""
     current: Any = model
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
+        inner = _model_in(current)
+        field = inner.model_fields.get(part) if _is_model(inner) else None
         if field is None:
             return None
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
+        current = field.annotation
+    return current
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The valid keys of the (sub)model reached by ``loc``, or None when loc leaves the models."""
+    inner = _model_in(_annotation_at(model, loc))
+    return list(inner.model_fields) if _is_model(inner) else None
 
 
 def _is_mapping_at(model: type[BaseModel], loc: tuple) -> bool:
     """Whether ``loc`` names a field of free-form names (``dict[str, ...]``, e.g. data.train_sets),
     whose keys a ``--set`` may add."""
-    if not loc or _fields_at(model, loc[:-1]) is None:
-        return False
-    current: Any = model
-    for part in loc[:-1]:
-        current = _model_in(current.model_fields[part].annotation)
-    field = current.model_fields.get(loc[-1])
-    return field is not None and getattr(field.annotation, "__origin__", None) is dict
+    return bool(loc) and getattr(_annotation_at(model, loc), "__origin__", None) is dict
 
 
 def _model_in(annotation: Any) -> Any:
     """The BaseModel inside Optional[...] / Union[...], else the annotation itself."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_model(annotation):
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
+        if _is_model(arg):
             return arg
     return annotation
 
