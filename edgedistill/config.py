@@ -154,6 +154,10 @@ class TrainConfig(Strict):
     # false: batches of similar lengths, padded (measured fastest on CPU, scripts/bench_train.py);
     # true: examples packed into one row without cross-example attention (no padding at all)
     packing: bool = False
+    # the prompt prefix all of a batch's examples share (a system prompt, the chat template's
+    # header) computed once per batch and its cache shared: same loss and gradients, less compute
+    # (scripts/bench_train.py); padded batches on one process only
+    share_prefix: bool = True
     kd: Union[KDConfig, None] = None
     seed: int = 0
 

@@ -416,3 +416,72 @@ def test_the_train_stage_records_the_attention_it_picked(tmp_path, tiny_model_di
                    attention="sdpa")
     train(run)
     assert run.stage_entry("train")["metrics"]["attention"] == "sdpa"
+
+
+def _with_system_prompt(recs: list[dict]) -> list[dict]:
+    return [{**r, "messages": [{"role": "system", "content": "Reply with the answer only, in one short line."}]
+             + r["messages"]} for r in recs]
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_a_shared_prompt_prefix_runs_once_and_the_loss_and_gradients_stay(tmp_path, tiny_model_dir, impl):
+    """train.share_prefix: the batch's common prefix (system turn) runs once, on one row, and the
+    rows continue from its repeated cache; cross-entropy, KD and every gradient are those of the
+    whole rows, padding included."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from edgedistill.train.collate import IGNORE, Collator, encode_example
+    from edgedistill.train.student import load_tokenizer
+    from edgedistill.train.trainer import DistilTrainer, shared_prefix
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    batch = Collator(pad_id=tok.pad_token_id, packing=False)(
+        [encode_example(tok, r, 256) for r in _with_system_prompt(records(5))])
+    assert int((batch["attention_mask"] == 0).sum()) > 0
+    p = shared_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    system = len(tok.apply_chat_template([{"role": "system", "content": "Reply with the answer only, in one "
+                                                                        "short line."}], tokenize=True))
+    assert p >= system  # the system turn at least
+    labelled = batch["labels"] != IGNORE
+    gen = torch.Generator().manual_seed(0)
+    kd_ids = torch.where(labelled[..., None], torch.randint(0, len(tok), (*labelled.shape, 3), generator=gen), -1)
+    kd_logprobs = torch.log_softmax(torch.randn(*labelled.shape, 3, generator=gen), -1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl).train()
+    model.config.use_cache = False  # as the train stage sets it
+    widths = []
+    model.model.layers[0].register_forward_hook(lambda m, args, out: widths.append(tuple(args[0].shape[:2])))
+    trainer = DistilTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+                            kd_weight=0.5, kd_temperature=2.0)
+
+    def run(share: bool, kd: bool):
+        trainer.share_prefix = share
+        model.zero_grad()
+        inputs = {**batch, **({"kd_ids": kd_ids, "kd_logprobs": kd_logprobs} if kd else {})}
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        return float(loss.detach()), {n: t.grad.clone() for n, t in model.named_parameters()}
+
+    rows, width = batch["input_ids"].shape
+    for kd in (False, True):
+        widths.clear()
+        (shared_loss, shared_grads), (whole_loss, whole_grads) = run(True, kd), run(False, kd)
+        assert widths == [(1, p), (rows, width - p), (rows, width)]
+        assert shared_loss == pytest.approx(whole_loss, rel=1e-5)
+        for name, g in whole_grads.items():
+            assert torch.allclose(shared_grads[name], g, atol=1e-5, rtol=1e-4), name
+    assert trainer.prefix_stats == {"batches": 2, "tokens_not_recomputed": 2 * p * (rows - 1)}
+
+
+def test_the_train_stage_shares_the_prompt_prefix_and_says_so(tmp_path, tiny_model_dir):
+    from edgedistill.train.finetune import train
+
+    recs = _with_system_prompt(records(12))
+    run = make_run(tmp_path / "on", tiny_model_dir, max_steps=2, train_records=recs, precision="fp32")
+    train(run)
+    shared = run.stage_entry("train")["metrics"]["shared_prefix"]
+    assert shared["batches"] == 2 and shared["tokens_not_recomputed"] > 0
+    run = make_run(tmp_path / "off", tiny_model_dir, max_steps=2, train_records=recs, precision="fp32",
+                   share_prefix=False)
+    train(run)
+    assert run.stage_entry("train")["metrics"]["shared_prefix"] is None

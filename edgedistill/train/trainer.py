@@ -1,7 +1,18 @@
-"""The Trainer with three additions: the KD term mixed into the loss; the LM head computed only
+"""The Trainer with four additions: the KD term mixed into the loss; the LM head computed only
 over the positions the loss reads (completion-only labels: the prompt's logits would be thrown
-away); and non-padding tokens per second in every log line (the progress bar, and
-RUN/logs/train.jsonl through TrainLog)."""
+away); the prompt prefix every example of a batch shares (the chat template's system turn)
+computed once per batch instead of once per example (``train.share_prefix``); and non-padding
+tokens per second in every log line (the progress bar, and RUN/logs/train.jsonl through TrainLog).
+
+Sharing the prefix: the batch's first row runs over the common prefix alone and returns its
+key/value cache; the cache is repeated along the batch (``Cache.batch_repeat_interleave``, a copy
+that autograd sums the gradients of back into the one prefix) and the rows continue from it, with
+their own attention masks and positions. The prefix's hidden states are the same in every row
+(the same tokens at the same positions, attending only to each other), so the loss and the
+gradients are those of the whole rows, to float rounding (tests/test_train.py); only their cost
+falls. It needs one process (a wrapped DistributedDataParallel model is not called twice per step),
+unpadded prefix positions, and a prefix that ends before the first position whose logit the loss
+reads."""
 
 from __future__ import annotations
 
@@ -15,6 +26,23 @@ from transformers import Trainer, TrainerCallback
 from edgedistill.train.collate import IGNORE
 from edgedistill.data import append_jsonl
 from edgedistill.train.kd import topk_kl
+
+
+MIN_SHARED = 4  # a shorter common prefix is computed with the rows: not worth a second call
+
+
+def shared_prefix(input_ids: Any, attention_mask: Any, labels: Any) -> int:
+    """How many leading positions hold the same token, unpadded, in every row of the batch and
+    produce no logit the loss reads (they end before the logit that predicts the first label);
+    0 for a single row or an unpadded (packed) batch."""
+    if input_ids.shape[0] < 2 or attention_mask is None or labels is None:
+        return 0
+    labelled = (labels != IGNORE).any(dim=0)
+    if not bool(labelled.any()):
+        return 0
+    first = int(labelled.int().argmax())
+    same = (input_ids == input_ids[:1]).all(dim=0) & attention_mask.bool().all(dim=0)
+    return max(min(int(same.int().cumprod(0).sum()), first - 1), 0)
 
 
 def labelled_tail(labels: Any) -> int | None:
@@ -34,8 +62,10 @@ class DistilTrainer(Trainer):
     teacher's top-k (``kd_ids`` / ``kd_logprobs``); plain Trainer loss otherwise."""
 
     def __init__(self, *args, kd_weight: float = 0.0, kd_temperature: float = 1.0,
-                 dev_scorer: Any = None, **kwargs):
+                 dev_scorer: Any = None, share_prefix: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.share_prefix = share_prefix
+        self.prefix_stats = {"batches": 0, "tokens_not_recomputed": 0}
         self.dev_scorer = dev_scorer  # edgedistill.train.dev.DevScorer: the task metric on the dev slice
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
@@ -61,15 +91,38 @@ class DistilTrainer(Trainer):
         inputs = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
         return inputs, [t[:, -keep:] if t is not None else None for t in kd]
 
+    def _from_shared_prefix(self, model, inputs: dict, kd: list) -> tuple[dict, list]:
+        """The batch's common prefix run once; the rows continue from its repeated cache."""
+        import torch
+
+        if not (self.share_prefix and model.training and self.accelerator.num_processes == 1) \
+                or "position_ids" in inputs:
+            return inputs, kd
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        p = shared_prefix(ids, mask, inputs.get("labels"))
+        if p < MIN_SHARED:
+            return inputs, kd
+        extra = {"logits_to_keep": 1} if self._accepts_logits_to_keep(model) else {}
+        cache = model(input_ids=ids[:1, :p], use_cache=True, **extra).past_key_values
+        rows, width = ids.shape
+        cache.batch_repeat_interleave(rows)
+        positions = torch.arange(p, width, device=ids.device).unsqueeze(0).expand(rows, -1)
+        self.prefix_stats["batches"] += 1
+        self.prefix_stats["tokens_not_recomputed"] += p * (rows - 1)
+        inputs = {**inputs, "input_ids": ids[:, p:], "labels": inputs["labels"][:, p:],
+                  "position_ids": positions, "past_key_values": cache}  # attention_mask: whole rows
+        return inputs, [t[:, p:] if t is not None else None for t in kd]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         kd_ids = inputs.pop("kd_ids", None)
         kd_logprobs = inputs.pop("kd_logprobs", None)
-        inputs, (kd_ids, kd_logprobs) = self._trim_to_labelled_tail(model, inputs, [kd_ids, kd_logprobs])
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
             if self._t_last is None:
                 self._t_last = time.perf_counter()
+        inputs, (kd_ids, kd_logprobs) = self._from_shared_prefix(model, inputs, [kd_ids, kd_logprobs])
+        inputs, (kd_ids, kd_logprobs) = self._trim_to_labelled_tail(model, inputs, [kd_ids, kd_logprobs])
         if kd_ids is None or self.kd_weight == 0 or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
