@@ -168,7 +168,8 @@ class QuantizeConfig(Strict):
     # and iq2_xxs/iq2_xs/iq1_s/q2_k_s need one (calibration: task or text:FILE)
     gguf: list[str] = ["q8_0", "q4_k_m"]
     ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
-    int4_block_size: int = Field(32, ge=16)  # must divide the hidden size (576: 32 or 64)
+    # must tile the hidden and intermediate sizes an even number of times (576 and 1536: 16 or 32)
+    int4_block_size: int = Field(32, ge=16)
     # ORT GenAI int4's LM head (which a tied embedding also reads): int8 keeps more of the merged
     # student, int4 makes a smaller package (scripts/bench_quant.py --set compares them)
     int4_lm_head: Literal["int8", "int4"] = "int8"

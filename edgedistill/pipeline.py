@@ -9,6 +9,7 @@ an internal error names the stage it came from.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Iterable
 
 from edgedistill import crashlog
@@ -54,6 +55,13 @@ def check_names(recipe: Recipe, stages: Iterable[str]) -> None:
     exp = recipe.export
     if "quantize" in stages and "gguf" in exp.formats and exp.quantize.gguf:
         check_gguf_quant_types(exp.quantize.gguf)
+    q = exp.quantize
+    student = Path(recipe.student.model)
+    if "quantize" in stages and (student / "config.json").is_file() and \
+            any(f in exp.formats and "int4" in getattr(q, f) for f in ("onnx", "ortgenai")):
+        from edgedistill.formats.onnx import check_block_size
+
+        check_block_size(student, q.int4_block_size)  # a GGUF or hub student: at quantize
 
 
 def run_pipeline(run: Run, *, force: set[str] = frozenset(), until: str | None = None,

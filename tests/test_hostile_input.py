@@ -107,6 +107,32 @@ def test_unknown_gguf_quant_type_fails_before_the_run_exists(recipe_file, tmp_pa
     assert "quantization type" not in ok_until.output
 
 
+def test_an_int4_block_size_the_model_cannot_take_fails_before_the_run_exists(tmp_path, tiny_model_dir):
+    """The tiny model's hidden size is 64: a block of 64 is one per row, an odd count, which
+    onnxruntime's 4-bit zero-point packing cannot reshape; 48 is no power of two."""
+    recipe = write_recipe(tmp_path / "recipe", student={"model": str(tiny_model_dir)})
+    for size, why in (("64", "an even number of times"), ("48", "not a power of two")):
+        result = invoke("run", str(recipe), "--run-dir", str(tmp_path / "run"),
+                        "--set", f"export.quantize.int4_block_size={size}")
+        assert result.exit_code == 2, result.output
+        assert f"export.quantize.int4_block_size {size}" in result.stderr and why in result.stderr
+        assert "Valid block sizes here: 16, 32" in result.stderr
+        assert not (tmp_path / "run").exists()
+    # nothing int4 asked: the size is not checked
+    off = invoke("run", str(recipe), "--run-dir", str(tmp_path / "run2"), "--until", "generate",
+                 "--set", "export.quantize.int4_block_size=64", "--set", "export.quantize.onnx=[int8]",
+                 "--set", "export.quantize.ortgenai=[]", "--set", "teacher.max_retries=0")
+    assert "export.quantize.int4_block_size 64" not in off.output and "teacher endpoint" in off.output
+
+
+def test_valid_int4_block_sizes_tile_each_row_an_even_number_of_times():
+    from edgedistill.formats.onnx import valid_block_sizes
+
+    assert valid_block_sizes([576, 1536]) == [16, 32]  # SmolLM2-135M: 576 / 64 = 9 blocks a row
+    assert valid_block_sizes([896, 4864]) == [16, 32, 64]  # Qwen2.5-0.5B: 896 / 128 = 7 blocks a row
+    assert valid_block_sizes([2048, 8192]) == [16, 32, 64, 128, 256]
+
+
 def test_quantize_checks_the_type_before_touching_the_run(tmp_path):
     run = make_run(tmp_path)
     before = run.config_path.read_text()

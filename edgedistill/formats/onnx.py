@@ -75,17 +75,27 @@ def sensitive_nodes(model: "onnx.ModelProto", n_layers: int, last_matmul: bool) 
     return out
 
 
-def check_block_size(model_dir: Path, block_size: int) -> None:
-    """An int4 block must tile every MatMul's input dimension (hidden and intermediate size)."""
-    import math
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
 
+
+def valid_block_sizes(dims: list[int]) -> list[int]:
+    """Block sizes that tile each input dimension an even number of times: onnxruntime's quantizer
+    packs a row's 4-bit zero points two to a byte, and an odd count per row fails inside it
+    (SmolLM2's hidden size 576 in blocks of 64 is 9 per row)."""
+    return [b for b in BLOCK_SIZES if all(d % b == 0 and (d // b) % 2 == 0 for d in dims)]
+
+
+def check_block_size(model_dir: Path, block_size: int) -> None:
+    """An int4 block must tile every MatMul's input dimension (hidden and intermediate size) an
+    even number of times (:func:`valid_block_sizes`)."""
     cfg = model_config(model_dir)
     dims = [d for d in (cfg.get("hidden_size"), cfg.get("intermediate_size")) if d]
-    if dims and any(d % block_size for d in dims):
-        g = math.gcd(*dims)
-        valid = [b for b in (16, 32, 64, 128, 256) if g % b == 0]
-        raise ConfigError(f"export.quantize.int4_block_size {block_size} does not divide the model's "
-                          f"hidden/intermediate sizes {dims}.",
+    if dims and block_size not in valid_block_sizes(dims):
+        valid = valid_block_sizes(dims)
+        why = "is not a power of two from 16 to 256" if block_size not in BLOCK_SIZES else \
+            f"does not tile the model's hidden/intermediate sizes {dims} an even number of times " \
+            "(two 4-bit zero points per byte per row)"
+        raise ConfigError(f"export.quantize.int4_block_size {block_size} {why}.",
                           hint=f"Valid block sizes here: {', '.join(map(str, valid)) or 'none of 16-256'}"
                                f" (--set export.quantize.int4_block_size={valid[-1] if valid else 16}).")
 
