@@ -1,6 +1,7 @@
 """Training throughput of `edgedistill train` against a plain padded Trainer baseline.
 
     python scripts/bench_train.py [--model pypi:smollm2-135m-instruct] [--steps 10] [--batch-size 8]
+                                  [--data RUN/data/train.jsonl] [--modes grouped,unshared,...]
 
 Same model, same examples, same number of optimizer steps and batch size; what differs is how a
 batch is built and computed:
@@ -12,14 +13,17 @@ batch is built and computed:
   restarting per example (block-diagonal attention, no padding);
 - edgedistill (full fine-tune): --set train.method=full (every weight);
 - edgedistill (prefix not shared): --set train.share_prefix=false: every row computes the prompt
-  prefix the batch shares (here the chat template's default system turn) itself;
+  prefix the batch shares (here the chat template's default system turn) itself; and the same
+  for the full fine-tune (full, prefix not shared);
 - baseline: a plain transformers Trainer, LoRA on q/k/v/o, fp32, DataCollatorForSeq2Seq padding to
   the longest of a random batch (the usual recipe).
 The figure that matters is non-padding tokens per second (tokens of real examples / train
 runtime); tokens per CPU-second is printed too, as it holds up better on a shared machine. Each mode runs in its own process so its peak RSS is its own. The data: the demo
 profile's 300 questions with teacher-like answers, half one-line, half with an explanation of
 10-120 words (seeded), so lengths vary as distillation data does; the token length
-distribution is printed. Prints a table, and ends stdout with one JSON line.
+distribution is printed. ``--data`` trains on a run's own train.jsonl instead (what
+`edgedistill generate` wrote: its system prompt and the teacher's answers); ``--modes`` runs
+only the modes named (the baseline always runs). Prints a table, and ends stdout with one JSON line.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ FILLER = ("because the question asks for a single value we compute it step by st
           "can be verified by anyone who repeats the same reasoning with the same numbers").split()
 
 
-def records(seed: int = 0) -> list[dict]:
+def records(data: str | None = None, seed: int = 0) -> list[dict]:
+    if data:
+        return [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
     out = []
     for line in (ROOT / "profiles" / "data" / "demo.jsonl").read_text().splitlines():
@@ -61,6 +67,7 @@ MODES = {  # mode → train settings on top of the recipe below (the default rec
     "packing": {"packing": True},
     "full": {"method": "full", "learning_rate": 5e-5},
     "unshared": {"share_prefix": False},
+    "full-unshared": {"method": "full", "learning_rate": 5e-5, "share_prefix": False},
 }
 
 
@@ -73,7 +80,7 @@ def make_run(folder: Path, model: str, args, mode: str):
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "prompts.jsonl").write_text("".join(json.dumps({"id": r["id"], "messages": r["messages"]}) + "\n"
-                                                  for r in records()))
+                                                  for r in records(args.data)))
     recipe = {"task": "qa", "data": {"prompts": "prompts.jsonl"},
               "teacher": {"model": "teacher", "base_url": "http://127.0.0.1:9/v1"},
               "student": {"model": model},
@@ -84,7 +91,7 @@ def make_run(folder: Path, model: str, args, mode: str):
     run = Run.create(folder / "run", load_recipe(folder / "recipe.yaml"))
     st = run.begin("generate", force=True)
     with st:
-        recs = records()
+        recs = records(args.data)
         write_jsonl(st.output(run.train_data), recs)
         write_jsonl(st.output(run.eval_data), [])
     return run
@@ -112,7 +119,7 @@ def mode_baseline(folder: Path, model: str, args) -> dict:
     from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(model)
-    data = [e for e in (encode_example(tok, r, args.max_length) for r in records()) if e]
+    data = [e for e in (encode_example(tok, r, args.max_length) for r in records(args.data)) if e]
     data = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in data]
     set_seed(0)
     net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="sdpa")
@@ -154,12 +161,12 @@ def child(args) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def length_stats(model: str, max_length: int) -> dict:
+def length_stats(model: str, max_length: int, data: str | None) -> dict:
     from edgedistill.train.collate import encode_example
     from edgedistill.train.student import load_tokenizer
 
     tok = load_tokenizer(model)
-    n = sorted(len(e["input_ids"]) for e in (encode_example(tok, r, max_length) for r in records()) if e)
+    n = sorted(len(e["input_ids"]) for e in (encode_example(tok, r, max_length) for r in records(data)) if e)
     return {"examples": len(n), "mean": round(statistics.mean(n), 1), "p10": n[len(n) // 10],
             "p50": n[len(n) // 2], "p90": n[9 * len(n) // 10], "max": n[-1]}
 
@@ -170,7 +177,7 @@ def spawn(args, mode: str, model: str) -> dict:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     cmd = [sys.executable, __file__, "--child", mode, "--workdir", args.workdir, "--model", model,
            "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--max-length", str(args.max_length)]
+           "--max-length", str(args.max_length)] + (["--data", args.data] if args.data else [])
     t0 = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -179,12 +186,20 @@ def spawn(args, mode: str, model: str) -> dict:
     return {**json.loads(line[7:]), "wall_s": round(time.time() - t0, 1)}
 
 
+LABELS = {"grouped": "edgedistill (length-grouped)", "grouped-fp32": "edgedistill (grouped, fp32)",
+          "packing": "edgedistill (packing)", "full": "edgedistill (full fine-tune)",
+          "unshared": "edgedistill (prefix not shared)", "full-unshared": "full, prefix not shared",
+          "baseline": "baseline (padded, random, fp32)"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="pypi:smollm2-135m-instruct", help="student: HF dir, GGUF, pypi:NAME")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--data", default=None, help="a run's data/train.jsonl to train on (default: built in)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     p.add_argument("--workdir", default=None)
     p.add_argument("--repeats", type=int, default=2, help="runs per mode, interleaved; the best counts")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run (default: torch's)")
@@ -192,49 +207,52 @@ def main() -> None:
     args = p.parse_args()
     if args.mode:
         return child(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        p.error(f"--modes: each of {', '.join(MODES)}")
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-train-")
-    first = spawn(args, "packing", args.model)  # imports a GGUF student once, into its run
+    first = spawn(args, modes[0], args.model)  # imports a GGUF student once, into its run
     model = first.pop("base")
     # modes interleaved, each `--repeats` times; the best run of each counts (a shared machine
     # only ever slows a run down)
-    runs: dict[str, list[dict]] = {"packing": [first], **{m: [] for m in MODES if m != "packing"},
-                                   "baseline": []}
+    runs: dict[str, list[dict]] = {modes[0]: [first], **{m: [] for m in modes[1:]}, "baseline": []}
     for i in range(args.repeats):
         for mode in runs:
-            if mode == "packing" and i == args.repeats - 1:
+            if mode == modes[0] and i == args.repeats - 1:
                 continue
             r = spawn(args, mode, model)
             r.pop("base", None)
             runs[mode].append(r)
     best = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in runs.items()}
-    packing, grouped, baseline = best["packing"], best["grouped"], best["baseline"]
-    stats = length_stats(model, args.max_length)
-    print(f"model {args.model}; {args.steps} steps x batch {args.batch_size}; best of {args.repeats} "
-          f"interleaved runs per mode; example tokens {stats}")
+    baseline = best["baseline"]
+    stats = length_stats(model, args.max_length, args.data)
+    print(f"model {args.model}; data {args.data or 'built in'}; {args.steps} steps x batch {args.batch_size}; "
+          f"best of {args.repeats} interleaved runs per mode; example tokens {stats}")
     print(f"{'mode':<32}{'non-pad tok/s':>14}{'tok/CPU-s':>11}{'runtime s':>11}{'tokens':>9}{'peak RSS MB':>13}")
-    from edgedistill.config import TrainConfig
-
-    default = "packing" if TrainConfig().packing else "grouped"
-    rows = {"edgedistill (length-grouped)": grouped, "edgedistill (grouped, fp32)": best["grouped-fp32"],
-            "edgedistill (packing)": packing, "edgedistill (full fine-tune)": best["full"],
-            "edgedistill (prefix not shared)": best["unshared"],
-            "baseline (padded, random, fp32)": baseline}
-    for name, r in rows.items():
-        print(f"{name:<32}{r['tokens_per_s']:>14.1f}{r['tokens_per_cpu_s']:>11.1f}{r['train_runtime_s']:>11.1f}"
-              f"{r['tokens']:>9}{r['peak_rss_mb']:>13.0f}")
+    for mode, r in best.items():
+        print(f"{LABELS[mode]:<32}{r['tokens_per_s']:>14.1f}{r['tokens_per_cpu_s']:>11.1f}"
+              f"{r['train_runtime_s']:>11.1f}{r['tokens']:>9}{r['peak_rss_mb']:>13.0f}")
     ratios = {k: {"tokens_per_s": round(r["tokens_per_s"] / baseline["tokens_per_s"], 3),
                   "tokens_per_cpu_s": round(r["tokens_per_cpu_s"] / baseline["tokens_per_cpu_s"], 3)}
               for k, r in best.items() if k != "baseline"}
-    speedup, cpu_speedup = ratios[default]["tokens_per_s"], ratios[default]["tokens_per_cpu_s"]
-    print(f"speed-up of edgedistill train (default: {default}) over the padded baseline: {speedup}x in "
-          f"non-padding tokens/s, {cpu_speedup}x per CPU-second (goal >= 1.3x); "
-          f"other mode: {ratios['grouped' if default == 'packing' else 'packing']}")
-    print(f"bf16 autocast over fp32 (same LoRA, same batches): "
-          f"{grouped['tokens_per_s'] / best['grouped-fp32']['tokens_per_s']:.2f}x "
-          f"({grouped['precision']} vs {best['grouped-fp32']['precision']})")
-    print(f"the shared prompt prefix computed once per batch, over every row computing it: "
-          f"{grouped['tokens_per_s'] / best['unshared']['tokens_per_s']:.2f}x")
-    print(json.dumps({"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+    from edgedistill.config import TrainConfig
+
+    default = "packing" if TrainConfig().packing else "grouped"
+    speedup = ratios.get(default, {}).get("tokens_per_s")
+    cpu_speedup = ratios.get(default, {}).get("tokens_per_cpu_s")
+    if speedup is not None:
+        print(f"speed-up of edgedistill train (default: {default}) over the padded baseline: {speedup}x in "
+              f"non-padding tokens/s, {cpu_speedup}x per CPU-second (goal >= 1.3x)")
+
+    def ratio(a: str, b: str, what: str) -> None:
+        if a in best and b in best:
+            print(f"{what}: {best[a]['tokens_per_s'] / best[b]['tokens_per_s']:.2f}x in non-padding tokens/s, "
+                  f"{best[a]['tokens_per_cpu_s'] / best[b]['tokens_per_cpu_s']:.2f}x per CPU-second")
+
+    ratio("grouped", "grouped-fp32", "bf16 autocast over fp32 (same LoRA, same batches)")
+    ratio("grouped", "unshared", "the shared prompt prefix once per batch over once per row (LoRA)")
+    ratio("full", "full-unshared", "the shared prompt prefix once per batch over once per row (full fine-tune)")
+    print(json.dumps({"model": args.model, "data": args.data, "steps": args.steps, "batch_size": args.batch_size,
                       "lengths": stats, "best": best,
                       "default_mode": default, "speedup": speedup, "cpu_speedup": cpu_speedup,
                       "ratios": ratios, "threads": args.threads,
