@@ -485,3 +485,32 @@ def test_the_train_stage_shares_the_prompt_prefix_and_says_so(tmp_path, tiny_mod
                    share_prefix=False)
     train(run)
     assert run.stage_entry("train")["metrics"]["shared_prefix"] is None
+
+
+def test_a_model_that_cannot_continue_from_a_shared_cache_trains_on_whole_rows(tmp_path, tiny_model_dir):
+    """A forward that refuses a cache in training (remote code, say): the first batch falls back to
+    whole rows with the same loss, sharing stays off, and the train stage says why."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from edgedistill.train.collate import Collator, encode_example
+    from edgedistill.train.student import load_tokenizer
+    from edgedistill.train.trainer import DistilTrainer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    batch = Collator(pad_id=tok.pad_token_id, packing=False)(
+        [encode_example(tok, r, 256) for r in _with_system_prompt(records(4))])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    whole = float(model(**batch).loss)
+    plain_forward = model.forward
+
+    def forward(*args, **kwargs):
+        if kwargs.get("past_key_values") is not None or kwargs.get("use_cache"):
+            raise TypeError("forward() got an unexpected keyword argument 'past_key_values'")
+        return plain_forward(*args, **kwargs)
+
+    model.forward = forward
+    trainer = DistilTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[]),
+                            share_prefix=True)
+    assert float(trainer.compute_loss(model, dict(batch)).detach()) == pytest.approx(whole, rel=1e-5)
+    assert trainer.share_prefix is False and trainer.prefix_stats["batches"] == 0
+    assert "TypeError" in trainer.prefix_stats["off"]

@@ -17,6 +17,7 @@ reads."""
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from transformers import Trainer, TrainerCallback
 from edgedistill.train.collate import IGNORE
 from edgedistill.data import append_jsonl
 from edgedistill.train.kd import topk_kl
+
+log = logging.getLogger(__name__)
 
 
 MIN_SHARED = 4  # a shorter common prefix is computed with the rows: not worth a second call
@@ -91,38 +94,55 @@ class DistilTrainer(Trainer):
         inputs = {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
         return inputs, [t[:, -keep:] if t is not None else None for t in kd]
 
-    def _from_shared_prefix(self, model, inputs: dict, kd: list) -> tuple[dict, list]:
-        """The batch's common prefix run once; the rows continue from its repeated cache."""
+    def _from_shared_prefix(self, model, inputs: dict, kd: list) -> tuple[dict, list, int] | None:
+        """The batch's common prefix run once; the rows continue from its repeated cache: their
+        inputs, KD tensors and the prefix tokens not recomputed. None when there is nothing to
+        share (or sharing is off)."""
         import torch
 
         if not (self.share_prefix and model.training and self.accelerator.num_processes == 1) \
                 or "position_ids" in inputs:
-            return inputs, kd
+            return None
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         p = shared_prefix(ids, mask, inputs.get("labels"))
         if p < MIN_SHARED:
-            return inputs, kd
+            return None
         extra = {"logits_to_keep": 1} if self._accepts_logits_to_keep(model) else {}
         cache = model(input_ids=ids[:1, :p], use_cache=True, **extra).past_key_values
         rows, width = ids.shape
         cache.batch_repeat_interleave(rows)
         positions = torch.arange(p, width, device=ids.device).unsqueeze(0).expand(rows, -1)
-        self.prefix_stats["batches"] += 1
-        self.prefix_stats["tokens_not_recomputed"] += p * (rows - 1)
         inputs = {**inputs, "input_ids": ids[:, p:], "labels": inputs["labels"][:, p:],
                   "position_ids": positions, "past_key_values": cache}  # attention_mask: whole rows
-        return inputs, [t[:, p:] if t is not None else None for t in kd]
+        return inputs, [t[:, p:] if t is not None else None for t in kd], p * (rows - 1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        kd_ids = inputs.pop("kd_ids", None)
-        kd_logprobs = inputs.pop("kd_logprobs", None)
+        kd = [inputs.pop("kd_ids", None), inputs.pop("kd_logprobs", None)]
         if model.training:
             mask = inputs.get("attention_mask")
             self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
             if self._t_last is None:
                 self._t_last = time.perf_counter()
-        inputs, (kd_ids, kd_logprobs) = self._from_shared_prefix(model, inputs, [kd_ids, kd_logprobs])
-        inputs, (kd_ids, kd_logprobs) = self._trim_to_labelled_tail(model, inputs, [kd_ids, kd_logprobs])
+        try:
+            shared = self._from_shared_prefix(model, inputs, kd)
+            if shared is not None:
+                out = self._loss(model, shared[0], shared[1], return_outputs, num_items_in_batch)
+                self.prefix_stats["batches"] += 1
+                self.prefix_stats["tokens_not_recomputed"] += shared[2]
+                return out
+        except (TypeError, ValueError, AttributeError, NotImplementedError) as e:
+            if self.prefix_stats["batches"]:  # it worked before: not the model's refusal
+                raise
+            # a model whose forward cannot continue from a cache in training (remote code, a
+            # cache class without batch_repeat_interleave): every row computes its prompt
+            log.warning("train.share_prefix: %s cannot continue a batch from a shared prefix (%s: %s); "
+                        "every row computes its own prompt", type(model).__name__, type(e).__name__, e)
+            self.share_prefix = False
+            self.prefix_stats["off"] = f"{type(e).__name__}: {e}"[:300]
+        return self._loss(model, inputs, kd, return_outputs, num_items_in_batch)
+
+    def _loss(self, model, inputs: dict, kd: list, return_outputs: bool, num_items_in_batch):
+        inputs, (kd_ids, kd_logprobs) = self._trim_to_labelled_tail(model, inputs, kd)
         if kd_ids is None or self.kd_weight == 0 or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         ce, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
