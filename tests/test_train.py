@@ -267,6 +267,7 @@ def test_two_process_accelerate_run(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     m = run.stage_entry("train")["metrics"]
     assert m["processes"] == 2 and m["steps"] == 4
+    assert m["shared_prefix"] == {"batches": 0, "tokens_not_recomputed": 0, "off": "2 processes"}
     assert all(float(t.abs().max()) > 0 for k, t in _adapter_tensors(run.adapter_dir).items() if "lora_B" in k)
 
 

@@ -165,8 +165,10 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         data_collator=Collator(pad_id=tok.pad_token_id, packing=cfg.packing), processing_class=tok,
         callbacks=callbacks, kd_weight=cfg.kd.weight if kd["used"] else 0.0,
         kd_temperature=cfg.kd.temperature if cfg.kd else 1.0, dev_scorer=scorer,
-        share_prefix=cfg.share_prefix and not cfg.packing,
+        share_prefix=cfg.share_prefix and not cfg.packing and state.num_processes == 1,
     )
+    if cfg.share_prefix and not cfg.packing and state.num_processes > 1:  # DDP: one forward a step
+        trainer.prefix_stats["off"] = f"{state.num_processes} processes"
     if resume:
         log.info("resuming from %s", resume.name)
     cpu0 = _cpu_seconds()
