@@ -90,8 +90,8 @@ def check_block_size(model_dir: Path, block_size: int) -> None:
     even number of times (:func:`valid_block_sizes`)."""
     cfg = model_config(model_dir)
     dims = [d for d in (cfg.get("hidden_size"), cfg.get("intermediate_size")) if d]
-    if dims and block_size not in valid_block_sizes(dims):
-        valid = valid_block_sizes(dims)
+    valid = valid_block_sizes(dims)
+    if dims and block_size not in valid:
         why = "is not a power of two from 16 to 256" if block_size not in BLOCK_SIZES else \
             f"does not tile the model's hidden/intermediate sizes {dims} an even number of times " \
             "(two 4-bit zero points per byte per row)"

@@ -165,10 +165,8 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         data_collator=Collator(pad_id=tok.pad_token_id, packing=cfg.packing), processing_class=tok,
         callbacks=callbacks, kd_weight=cfg.kd.weight if kd["used"] else 0.0,
         kd_temperature=cfg.kd.temperature if cfg.kd else 1.0, dev_scorer=scorer,
-        share_prefix=cfg.share_prefix and not cfg.packing and state.num_processes == 1,
+        share_prefix=cfg.share_prefix and not cfg.packing,
     )
-    if cfg.share_prefix and not cfg.packing and state.num_processes > 1:  # DDP: one forward a step
-        trainer.prefix_stats["off"] = f"{state.num_processes} processes"
     if resume:
         log.info("resuming from %s", resume.name)
     cpu0 = _cpu_seconds()
@@ -204,7 +202,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         "recipe_seed": recipe.seed, "processes": state.num_processes, "packing": cfg.packing,
         "resumed_from": resume.name if resume else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "shared_prefix": trainer.prefix_stats if cfg.share_prefix and not cfg.packing else None,
+        "shared_prefix": trainer.prefix_stats if trainer.asked_to_share_prefix else None,
         "kd": kd, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

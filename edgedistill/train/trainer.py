@@ -67,8 +67,12 @@ class DistilTrainer(Trainer):
     def __init__(self, *args, kd_weight: float = 0.0, kd_temperature: float = 1.0,
                  dev_scorer: Any = None, share_prefix: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.share_prefix = share_prefix
-        self.prefix_stats = {"batches": 0, "tokens_not_recomputed": 0}
+        self.asked_to_share_prefix = share_prefix
+        self.prefix_stats: dict[str, Any] = {"batches": 0, "tokens_not_recomputed": 0}
+        processes = self.accelerator.num_processes
+        self.share_prefix = share_prefix and processes == 1  # DDP: one forward per step
+        if share_prefix and processes > 1:
+            self.prefix_stats["off"] = f"{processes} processes"
         self.dev_scorer = dev_scorer  # edgedistill.train.dev.DevScorer: the task metric on the dev slice
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
@@ -100,8 +104,7 @@ class DistilTrainer(Trainer):
         share (or sharing is off)."""
         import torch
 
-        if not (self.share_prefix and model.training and self.accelerator.num_processes == 1) \
-                or "position_ids" in inputs:
+        if not (self.share_prefix and model.training) or "position_ids" in inputs:
             return None
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
         p = shared_prefix(ids, mask, inputs.get("labels"))
