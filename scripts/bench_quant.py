@@ -7,7 +7,8 @@ For each format's 4-bit artifact (GGUF: each type asked; ONNX and ORT GenAI: int
 calibration -- none (GGUF without an importance matrix; int4 with the format's data-free
 algorithm), task (the run's train split: imatrix / GPTQ) and generic text (``--text FILE``, by
 default the docstrings of a fixed set of Python standard library modules, written to
-WORK/generic.txt with its sha256 printed) -- it builds the artifact in a process of its own and
+WORK/generic.txt with its sha256 printed), and for GGUF "task-k" (the task's importance matrix on
+the k-/i-quant tensors only, not on the 32-wide types llama.cpp falls back to) -- it builds the artifact in a process of its own and
 reports: the quantize step's wall time and peak RSS (calibration data, importance matrix or GPTQ
 included; the process's and its tools'), the artifact's size, its KL divergence from the merged
 student and top-1 agreement at the eval answers and over whole chats (formats/quant_loss.py), and
@@ -34,9 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgedistill.formats.quantize import KQUANTS  # the quantize stage's third GGUF candidate
+
 GENERIC_MODULES = ("argparse", "collections", "csv", "datetime", "email.message", "functools",
                    "http.client", "itertools", "json", "logging", "pathlib", "random", "sqlite3",
                    "statistics", "string", "subprocess", "textwrap", "threading", "unittest", "zipfile")
+
+
+def short(label: str) -> str:
+    """A calibration label in the table's 6 columns: none, task, text, task-k (k-quant tensors)."""
+    return label.partition(":")[0].replace(KQUANTS, "-k")
 
 
 def generic_text(out: Path) -> Path:
@@ -64,7 +72,7 @@ def child(spec: dict) -> dict:
     from edgedistill import runtimes
     from edgedistill.data import read_jsonl
     from edgedistill.evaluate.metrics import score_example
-    from edgedistill.formats import calibration
+    from edgedistill.formats import calibration, gguf
     from edgedistill.formats.quant_loss import Reference, measure
     from edgedistill.formats.variants import (gguf_variant, int4_algo, make_imatrix, onnx_variant,
                                               ortgenai_variant)
@@ -79,15 +87,24 @@ def child(spec: dict) -> dict:
     path = None
     if fmt != "merged":
         t0 = time.perf_counter()
-        cal = calibration.build(run, label, q.calibration_samples, run.recipe.train.max_length) \
+        source = label.removesuffix(KQUANTS)
+        cal = calibration.build(run, source, q.calibration_samples, run.recipe.train.max_length) \
             if label != "none" else None
         if fmt == "gguf":
-            imx = None
-            if cal is not None:
-                row["imatrix"] = make_imatrix(run, cal.ids, label, out / "imatrix.gguf")
-                imx = out / "imatrix.gguf"
+            imx, only = None, None
             path = out / f"model-{spec['precision']}.gguf"
-            row["tensor_types"] = gguf_variant(run, spec["precision"], path, imx)["tensor_types"]
+            if label.endswith(KQUANTS):  # which tensors: those of the uncalibrated build's types
+                gguf_variant(run, spec["precision"], path, None)
+                only = gguf.kquant_tensors(gguf.tensor_type_names(path))
+                path.unlink()
+                if only is None:
+                    return {**row, "error": "no mix of k-quant and 32-wide fallback tensors here"}
+            if cal is not None:
+                row["imatrix"] = make_imatrix(run, cal.ids, source, out / "imatrix.gguf")
+                imx = out / "imatrix.gguf"
+            extra = gguf_variant(run, spec["precision"], path, imx, only=only)
+            row["tensor_types"] = extra["tensor_types"]
+            row["imatrix_tensors"] = extra.get("imatrix_tensors")
         else:
             algo = int4_algo(fmt, q.algo, cal is not None)
             ids = cal.select_tokens(q.gptq_max_tokens) if algo == "gptq" else None
@@ -204,9 +221,10 @@ def main() -> None:
     combos += [(f, "int4") for f in ("onnx", "ortgenai") if f in formats]
     rows = []
     for fmt, precision in combos:
-        for label in (["none"] if fmt == "merged" else labels):
+        for i, label in enumerate(["none"] if fmt == "merged" else
+                                  labels + (["task" + KQUANTS] if fmt == "gguf" else [])):
             spec = {"run": str(run.root), "format": fmt, "precision": precision, "calibration": label,
-                    "out": str(work / "variants" / f"{fmt}-{precision}-{label.partition(':')[0]}"),
+                    "out": str(work / "variants" / f"{fmt}-{precision}-{i}"),
                     "limit": args.limit}
             rows.append(run_child(spec))
             print(f"{fmt}-{precision} {label}: {json.dumps(rows[-1])[:400]}", file=sys.stderr)
@@ -224,14 +242,14 @@ def main() -> None:
         bl = base.get("quant_loss") or {}
         for r in group:
             if "error" in r:
-                print(f"{fmt + '-' + precision:16} {r['calibration'][:6]:6} FAILED: {r['error'][-200:]}")
+                print(f"{fmt + '-' + precision:16} {short(r['calibration']):6} FAILED: {r['error'][-200:]}")
                 continue
             ql = r.get("quant_loss") or {}
 
             def f(v, spec):
                 return format(v, spec) if isinstance(v, (int, float)) else "-"
             ci = ql.get("kld_ci95") or [None, None]
-            print(f"{fmt + '-' + precision:16} {r['calibration'].partition(':')[0]:6} {r.get('algo', '-'):7} "
+            print(f"{fmt + '-' + precision:16} {short(r['calibration']):6} {r.get('algo', '-'):7} "
                   f"{f(ql.get('kld'), '9.5f')} [{f(ci[0], '8.5f')},{f(ci[1], '8.5f')}] "
                   f"{ratio(ql.get('kld'), bl.get('kld')):>6} {f(ql.get('top1_agreement'), '6.3f')} "
                   f"{f(ql.get('kld_whole'), '9.5f')} {f(ql.get('top1_agreement_whole'), '6.3f')} "

@@ -467,3 +467,49 @@ def test_the_kld_gate_fails_deliberately_broken_artifacts(tmp_path, tiny_model_d
     assert "NaN" not in run.report_json.read_text()
     verdicts = {a["id"]: a["gates"]["verdict"] for a in json.loads(run.report_json.read_text())["artifacts"]}
     assert verdicts == {"gguf-f16": "pass", "gguf-q8_0": "pass", "gguf-q4_0": "fail", "gguf-q5_0": "fail"}
+
+
+def test_kquant_tensors_only_where_the_types_mix():
+    from edgedistill.formats.gguf import kquant_tensors
+
+    mixed = {"a.weight": "Q4_K", "b.weight": "Q5_0", "c.weight": "Q6_K", "norm": "F32", "v": "Q8_0"}
+    assert kquant_tensors(mixed) == {"a.weight", "c.weight", "norm", "v"}
+    assert kquant_tensors({"a": "Q4_K", "b": "Q6_K", "v": "Q8_0"}) is None  # the all-tensor one
+    assert kquant_tensors({"a": "Q5_0", "b": "Q4_0", "v": "Q8_0"}) is None  # no matrix used: none
+    assert kquant_tensors({"a": "IQ4_XS", "b": "IQ4_NL"}) == {"a"}
+    assert kquant_tensors({}) is None
+
+
+def test_mixed_gguf_gets_a_kquant_only_imatrix_candidate(tmp_path):
+    """Hidden 256 takes k-quants, intermediate 320 does not (ffn_down falls back to Q5_0/Q8_0):
+    q4_k_m is built and measured three ways, the third with the importance matrix on the
+    k-quant tensors only, and the lowest answer-position KLD is kept."""
+    from gguf import GGUFReader
+
+    from edgedistill.formats.gguf import tensor_type_names
+    from edgedistill.formats.quantize import KQUANTS
+    from edgedistill.formats.variants import gguf_variant
+    from tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m", hidden=256, intermediate=320)
+    run = make_run(tmp_path, model, onnx=[], ortgenai=[], gguf=["q4_k_m"])
+    export(run, formats=["gguf"])
+    quantize(run)
+    metrics = run.stage_entry("quantize:gguf-q4_k_m")["metrics"]
+    cands = metrics["quant_loss_candidates"]
+    assert set(cands) == {"none", "task", "task" + KQUANTS}
+    kept = arts(run)["gguf-q4_k_m"]
+    assert kept["quant_loss"]["kld"] == min(c["kld"] for c in cands.values())
+    assert kept["quant_loss"] == cands[kept["calibration_source"]]
+    # the third candidate hands llama.cpp the matrix of every tensor but the fallback ones
+    imx = run.export_dir / "calibration" / "imatrix.gguf"
+    types = tensor_type_names(run.gguf_dir / "model-q4_k_m.gguf")
+    assert {t for n, t in types.items() if "ffn_down" in n} <= {"Q5_0", "Q8_0"}
+    assert {t for n, t in types.items() if "attn_q" in n} == {"Q4_K"}
+    only = {n for n, t in types.items() if t not in ("Q5_0",)}
+    full = gguf_variant(run, "q4_k_m", tmp_path / "all.gguf", imx)
+    part = gguf_variant(run, "q4_k_m", tmp_path / "part.gguf", imx, only=only)
+    assert part["imatrix_tensors"] == full["imatrix_tensors"] - sum(
+        t == "Q5_0" for n, t in types.items() if n.endswith(".weight") and "ffn_down" in n)
+    fields = GGUFReader(str(tmp_path / "part.gguf")).fields
+    assert int(fields["quantize.imatrix.entries_count"].parts[-1][0]) == part["imatrix_tensors"]

@@ -24,7 +24,7 @@ from edgedistill.artifacts import list_artifacts
 from edgedistill.config import load_recipe
 from edgedistill.data import load_prompts, write_jsonl
 from edgedistill.formats.export import export
-from edgedistill.formats.quantize import quantize
+from edgedistill.formats.quantize import KQUANTS, quantize
 from edgedistill.rundir import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -107,7 +107,8 @@ def test_demo_both_formats_calibrated_and_measured(demo_run):
                   f"{label}: KLD {c['kld']:.4f} {c['kld_ci95']} top1 {c['top1_agreement']:.3f} "
                   f"whole KLD {c['kld_whole']:.4f} top1 {c['top1_agreement_whole']:.3f}"
                   for label, c in cands.items()))
-        assert set(cands) == {"none", "task"}
+        # SmolLM2's 576-wide rows make q4_k_m mostly Q5_0: its GGUF has a third candidate
+        assert set(cands) == {"none", "task"} | ({"task" + KQUANTS} if art_id.startswith("gguf") else set())
         assert kept["quant_loss"]["kld"] == min(c["kld"] for c in cands.values())
         for c in cands.values():
             assert 0 <= c["kld"] < 1 and c["top1_agreement"] > 0.5 and c["examples"] >= 10

@@ -9,14 +9,16 @@ ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER = ASSETS / "tiny-tokenizer"
 
 
-def build_tiny_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
-    """A 2-layer Llama (hidden 64) with the tiny ChatML tokenizer, saved as an HF directory."""
+def build_tiny_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int = 64,
+                     intermediate: int | None = None) -> Path:
+    """A 2-layer Llama (hidden 64, intermediate twice that) with the tiny ChatML tokenizer, saved
+    as an HF directory."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

@@ -279,6 +279,29 @@ def tensor_types(path: Path) -> dict[str, int]:
     row length is not a multiple of 256 (SmolLM2's 576: "q4_k_m" is then mostly Q5_0)."""
     from collections import Counter
 
+    return dict(sorted(Counter(tensor_type_names(path).values()).items()))
+
+
+def tensor_type_names(path: Path) -> dict[str, str]:
+    """``{tensor name: GGML type name}`` of a GGUF."""
     from gguf import GGUFReader
 
-    return dict(sorted(Counter(t.tensor_type.name for t in GGUFReader(str(path), "r").tensors).items()))
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path), "r").tensors}
+
+
+# The 32-wide block types llama.cpp falls back to from a k- or i-quant on rows that are no
+# multiple of 256 and whose quantizer reads an importance matrix (Q8_0 ignores one). Their
+# weighted path (make_qx_quants, a searched scale) is not their plain rounding, and can lose more
+# than the weights gain: the quantize stage measures a candidate with the importance matrix on the
+# k- and i-quant tensors only (scripts/bench_quant.py prints all three on a run).
+FALLBACK_WEIGHTED = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"})
+
+
+def kquant_tensors(types: dict[str, str]) -> set[str] | None:
+    """The tensors of a quantized GGUF (``{name: GGML type}``, :func:`tensor_type_names`) that
+    are not of a :data:`FALLBACK_WEIGHTED` type; None when an importance matrix limited to them
+    would quantize exactly as one on every tensor, or as none (no weighted type on one side)."""
+    weighted = {t for t in types.values() if t.lower() not in IGNORES_IMATRIX}
+    if not weighted & FALLBACK_WEIGHTED or not weighted - FALLBACK_WEIGHTED:
+        return None
+    return {n for n, t in types.items() if t not in FALLBACK_WEIGHTED}

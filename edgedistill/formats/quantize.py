@@ -6,9 +6,11 @@ With ``calibration`` task or text:FILE, two stages come first: ``quantize:calibr
 samples, checked against the eval split before anything is written: :mod:`.calibration`) and,
 when a GGUF type uses one, ``quantize:imatrix`` (RUN/export/calibration/imatrix.gguf). Every
 artifact that calibration can change (GGUF types that read an importance matrix; int4 with
-``algo: gptq``) is then built twice, without and with the data, and the calibrated one is kept
-only when its KL divergence from the merged student at the eval answers is lower. Both
-measurements are recorded (``quant_loss_candidates``).
+``algo: gptq``) is then built without and with the data, and a calibrated one is kept only when
+its KL divergence from the merged student at the eval answers is lower. A GGUF whose tensors are
+partly k-quants, partly the 32-wide types llama.cpp falls back to (rows no multiple of 256), gets
+a third candidate: the importance matrix on its k-/i-quant tensors only. Every measurement is
+recorded (``quant_loss_candidates``).
 """
 
 from __future__ import annotations
@@ -87,22 +89,30 @@ def _imatrix(ctx: Context, stage: Any) -> None:
              cover["matrix_weights"], cover["tokens"])
 
 
+KQUANTS = " (k-quant tensors)"  # the GGUF candidate label's suffix: see _quantize_gguf
+
 # --- one artifact: its candidates, the one kept --------------------------------------------------
 
-Build = Callable[[Path], tuple[Path, dict[str, Any]]]  # scratch dir → (artifact path, extras)
+# scratch dir → (artifact path, extras), or None when the candidate would repeat another
+Build = Callable[[Path], "tuple[Path, dict[str, Any]] | None"]
 
 
 def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
           candidates: list[tuple[str, Build]]) -> tuple[Path, Path, dict[str, Any]]:
     """Build each (calibration label, build) candidate in scratch space and measure its loss;
-    keep the calibrated one only when its answer-position KLD is lower than the first's. Returns
-    (scratch dir, artifact path, extras) of the kept one; records both measurements."""
+    keep the one with the lowest answer-position KLD (the first, uncalibrated, unless another is
+    lower). Returns (scratch dir, artifact path, extras) of the kept one; records every
+    measurement."""
     kind = FORMATS[fmt].kind
     built, scratches = [], []
     try:
-        for label, build in candidates:
-            scratches.append(scratch_dir(ctx.run, f"{fmt}-{precision}-{label.partition(':')[0]}"))
-            path, extra = build(scratches[-1])
+        for i, (label, build) in enumerate(candidates):
+            scratches.append(scratch_dir(ctx.run, f"{fmt}-{precision}-{i}"))
+            made = build(scratches[-1])
+            if made is None:  # the same artifact as another candidate: not built twice
+                shutil.rmtree(scratches.pop(), ignore_errors=True)
+                continue
+            path, extra = made
             built.append((label, scratches[-1], path, extra, measure(ctx.loss, kind, path, label)))
         kept = built[0]
         for cand in built[1:]:  # unmeasurable (no eval split): the calibrated one, as asked
@@ -148,21 +158,34 @@ def _finish(ctx: Context, stage: Any, fmt: str, precision: str, scratch: Path, p
 
 
 def _quantize_gguf(ctx: Context, stage: Any, qtype: str, calibrated: bool) -> None:
+    from edgedistill.formats.gguf import NEEDS_IMATRIX, kquant_tensors, tensor_type_names
     from edgedistill.formats.variants import gguf_variant
 
     run, q = ctx.run, qtype.lower()
     log_file = run.logs_dir / f"gguf-quantize-{q}.log"
     log_file.unlink(missing_ok=True)
+    types: dict[str, str] = {}  # tensor → GGML type, from the uncalibrated build
 
-    def build(imatrix: Path | None) -> Build:
-        return lambda scratch: (scratch / f"model-{q}.gguf",
-                                gguf_variant(run, q, scratch / f"model-{q}.gguf", imatrix, log_file))
-
-    from edgedistill.formats.gguf import NEEDS_IMATRIX
+    def build(imatrix: Path | None, kquants_only: bool = False) -> Build:
+        def go(scratch: Path) -> tuple[Path, dict[str, Any]] | None:
+            out = scratch / f"model-{q}.gguf"
+            only = None
+            if kquants_only:
+                only = kquant_tensors(types)
+                if only is None:  # the same file as the all-tensor candidate, or as none
+                    return None
+            extra = gguf_variant(run, q, out, imatrix, log_file, only=only)
+            if imatrix is None:
+                types.update(tensor_type_names(out))
+            return out, extra
+        return go
 
     cands = [] if q in NEEDS_IMATRIX and calibrated else [("none", build(None))]
     if calibrated:
         cands.append((ctx.spec, build(ctx.imatrix_file)))
+        # llama.cpp's weighted quantizer for the 32-wide types it falls back to can cost more
+        # than the importance matrix brings: also measured with it on the k-/i-quant tensors only
+        cands.append((ctx.spec + KQUANTS, build(ctx.imatrix_file, kquants_only=True)))
     scratch, path, extra = _keep(ctx, stage, "gguf", q, cands)
     # llama.cpp falls back from k- and i-quants on rows that are no multiple of 256 (SmolLM2's
     # 576): what the file holds is recorded, and said

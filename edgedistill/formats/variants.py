@@ -54,13 +54,16 @@ def make_imatrix(run: Any, ids: list[list[int]], dataset: str, out: Path) -> dic
 
 
 def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
-                 log_file: Path | None = None) -> dict[str, Any]:
-    """``out`` ← the exported GGUF quantized to ``qtype``; returns its manifest extras."""
+                 log_file: Path | None = None, only: set[str] | None = None) -> dict[str, Any]:
+    """``out`` ← the exported GGUF quantized to ``qtype``; returns its manifest extras. ``only``:
+    the tensors the importance matrix is handed over for (default: every one it has)."""
     from edgedistill.formats import gguf, imatrix
 
     exp = run.recipe.export
     src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
     matrix = imatrix.read(imatrix_file) if imatrix_file else None
+    if matrix is not None and only is not None:
+        matrix = {n: v for n, v in matrix.items() if n in only}
     dataset = None
     if imatrix_file:
         from gguf import GGUFReader
@@ -70,7 +73,8 @@ def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
     gguf.quantize(src, out, qtype, log_file=log_file, imatrix=matrix, imatrix_dataset=dataset)
     return {"llama_cpp_version": f"llama-cpp-python {gguf.llama_cpp_python_version()}",
             "quantized_from": run.rel(src), "tensor_types": gguf.tensor_types(out),
-            "imatrix": run.rel(imatrix_file) if imatrix_file else None}
+            "imatrix": run.rel(imatrix_file) if imatrix_file else None,
+            **({"imatrix_tensors": len(matrix)} if matrix is not None else {})}
 
 
 def onnx_variant(run: Any, precision: str, out_dir: Path, algo: str,

@@ -60,17 +60,20 @@ class LlamaCppRuntime(Runtime):
         self._ctx = self.llm._ctx.ctx
         self._one = (llama_cpp.llama_token * 1)()  # the decode loop's one-token batch, reused
         self._all_batch = None  # logits(): a batch with an output per token, made on first use
+        self._chat = None  # the chat template's formatter, made on first use
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ArtifactError(f"{self.path} has no tokenizer.chat_template in its metadata.")
         m = self.llm._model
-        text = Jinja2ChatFormatter(template, eos_token=m.token_get_text(m.token_eos()),
-                                   bos_token=m.token_get_text(m.token_bos()),
-                                   add_generation_prompt=True)(messages=messages).prompt
+        if self._chat is None:  # the template compiled once, not per prompt
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            template = self.llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise ArtifactError(f"{self.path} has no tokenizer.chat_template in its metadata.")
+            self._chat = Jinja2ChatFormatter(template, eos_token=m.token_get_text(m.token_eos()),
+                                             bos_token=m.token_get_text(m.token_bos()),
+                                             add_generation_prompt=True)
+        text = self._chat(messages=messages).prompt
         return self.llm.tokenize(text.encode("utf-8"), add_bos=m.add_bos_token(), special=True)
 
     def _last_logits(self) -> "np.ndarray":
