@@ -8,12 +8,14 @@ calibration -- none (GGUF without an importance matrix; int4 with the format's d
 algorithm), task (the run's train split: imatrix / GPTQ) and generic text (``--text FILE``, by
 default the docstrings of a fixed set of Python standard library modules, written to
 WORK/generic.txt with its sha256 printed), and for GGUF "task-k" (the task's importance matrix on
-the k-/i-quant tensors only, not on the 32-wide types llama.cpp falls back to) -- it builds the artifact in a process of its own and
-reports: the quantize step's wall time and peak RSS (calibration data, importance matrix or GPTQ
-included; the process's and its tools'), the artifact's size, its KL divergence from the merged
-student and top-1 agreement at the eval answers and over whole chats (formats/quant_loss.py), and
-its task score on the eval split (greedy, evaluate/metrics.py score_example against the gold
-answers; the teacher's reply where a record has none), beside the merged student's.
+the k-/i-quant tensors only, not on the 32-wide types llama.cpp falls back to; its time includes
+the uncalibrated build that tells which tensors those are) -- it builds the artifact in a process
+of its own and reports: the quantize step's wall time and peak RSS (calibration data, importance
+matrix or GPTQ included; the process's and its tools'), the artifact's size, its KL divergence from
+the merged student and top-1 agreement at the eval answers and over whole chats
+(formats/quant_loss.py), and its task score on the eval split (greedy, evaluate/metrics.py
+score_example against the gold answers; the teacher's reply where a record has none), beside the
+merged student's.
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
 and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does
