@@ -513,3 +513,112 @@ def test_mixed_gguf_gets_a_kquant_only_imatrix_candidate(tmp_path):
         t == "Q5_0" for n, t in types.items() if n.endswith(".weight") and "ffn_down" in n)
     fields = GGUFReader(str(tmp_path / "part.gguf")).fields
     assert int(fields["quantize.imatrix.entries_count"].parts[-1][0]) == part["imatrix_tensors"]
+
+
+def test_the_lm_head_statistics_come_from_the_decoder_without_computing_logits(tmp_path):
+    """collect() runs the decoder alone and adds its last hidden state as the LM head's input:
+    the same sums and counts as hooks on every Linear of the whole model's forward, for an
+    untied and a tied head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgedistill.formats import imatrix
+
+    seqs = [list(range(3, 3 + n)) for n in (5, 17, 9)]
+    for tied in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2,
+                                             num_key_value_heads=1, tie_word_embeddings=tied))
+        model.save_pretrained(tmp_path / f"m{tied}")
+        reference: dict[str, list] = {}
+
+        def hook(name):
+            def pre(_m, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                total, count = reference.get(name, (0, 0))
+                reference[name] = ((x * x).sum(0) + total, count + x.shape[0])
+            return pre
+
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.Linear):
+                m.register_forward_pre_hook(hook(name))
+        with torch.inference_mode():
+            for ids in seqs:
+                model(input_ids=torch.tensor([ids]), use_cache=False)
+        stats = imatrix.collect(tmp_path / f"m{tied}", seqs)
+        assert stats.keys() == reference.keys() and "lm_head" in stats
+        for name, (total, count) in reference.items():
+            assert stats[name][1] == count
+            np.testing.assert_allclose(stats[name][0], total.numpy(), rtol=1e-4)
+
+
+def test_a_candidate_building_in_the_background_is_waited_for_or_cancelled(tmp_path, tiny_model_dir,
+                                                                          monkeypatch):
+    """_keep starts every candidate before it waits for any (the ORT GenAI builder runs while
+    GPTQ works); when a later candidate fails, the one still building is cancelled and no
+    scratch folder is left behind."""
+    from edgedistill.formats import quantize as qz
+
+    run = make_run(tmp_path, tiny_model_dir, onnx=[], ortgenai=[], gguf=[])
+    ctx = qz.Context(run)
+    monkeypatch.setattr(qz, "measure", lambda _ref, _kind, path, label: {
+        "kld": {"none": 0.1, "task": 0.2}[label], "calibration": label})
+    events: list[str] = []
+
+    def background(scratch: Path) -> qz.Pending:
+        events.append("started none")
+
+        def result():
+            events.append("waited none")
+            (scratch / "int4").mkdir()
+            return scratch / "int4", {}
+        return qz.Pending(result, lambda: events.append("cancelled none"))
+
+    def foreground(scratch: Path):
+        events.append("built task")
+        (scratch / "int4").mkdir()
+        return scratch / "int4", {}
+
+    class Stage:
+        metrics: dict = {}
+
+    scratch, path, extra = qz._keep(ctx, Stage(), "ortgenai", "int4",
+                                    [("none", background), ("task", foreground)])
+    assert events == ["started none", "built task", "waited none"]
+    assert extra["calibration_source"] == "none" and path == scratch / "int4"
+    assert set(Stage.metrics["quant_loss_candidates"]) == {"none", "task"}
+    shutil.rmtree(scratch)
+
+    def broken(scratch: Path):
+        raise RuntimeError("GPTQ failed")
+
+    events.clear()
+    with pytest.raises(RuntimeError, match="GPTQ failed"):
+        qz._keep(ctx, Stage(), "ortgenai", "int4", [("none", background), ("task", broken)])
+    assert events == ["started none", "cancelled none"]
+    assert not [p for p in run.export_dir.iterdir() if p.name.startswith(".ortgenai")]
+
+
+def test_an_ortgenai_package_runs_on_every_core_unless_told(cal_run, monkeypatch):
+    """ORT GenAI's own default is one intra-op thread; the runtime asks for every core, or for
+    the count it is given."""
+    import os
+
+    import onnxruntime_genai as og
+
+    overlays: list[dict] = []
+    real = og.Config.overlay
+
+    def recording(self, text):
+        overlays.append(json.loads(text))
+        return real(self, text)
+
+    monkeypatch.setattr(og.Config, "overlay", recording)
+    package = arts(cal_run)["ortgenai-int4"]["path"]
+    for threads, expected in ((None, os.cpu_count()), (1, 1)):
+        overlays.clear()
+        with runtimes.load("ortgenai", package, threads=threads) as rt:
+            assert rt.generate([SYSTEM, {"role": "user", "content": "What is 1 plus 4?"}], 2).token_ids
+        options = overlays[-1]["model"]["decoder"]["session_options"]
+        assert options["intra_op_num_threads"] == expected

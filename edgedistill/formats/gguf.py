@@ -277,9 +277,14 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
 def tensor_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGML type a GGUF holds: llama.cpp falls back from a k-quant when a
     row length is not a multiple of 256 (SmolLM2's 576: "q4_k_m" is then mostly Q5_0)."""
+    return type_counts(tensor_type_names(path))
+
+
+def type_counts(types: dict[str, str]) -> dict[str, int]:
+    """``{tensor: type}`` (:func:`tensor_type_names`) → how many tensors of each type."""
     from collections import Counter
 
-    return dict(sorted(Counter(tensor_type_names(path).values()).items()))
+    return dict(sorted(Counter(types.values()).items()))
 
 
 def tensor_type_names(path: Path) -> dict[str, str]:

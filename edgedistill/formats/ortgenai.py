@@ -27,11 +27,35 @@ def supported_architectures() -> list[str]:
     return sorted(set(re.findall(r'config\.architectures\[0\] == "(\w+)"', src)))
 
 
-def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
-          block_size: int = 32, algo: str = "k_quant", lm_head: str = "int8") -> None:
-    """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir.
-    int4 with ``algo`` rtn or k_quant is the builder's own; GPTQ is :func:`quantize_package` over
-    an fp32 package."""
+class Building:
+    """A model-builder run in its own process: :meth:`wait` until its package is there (raises
+    when the builder failed), :meth:`cancel` to stop it. The builder's k-quant works on one core,
+    so another candidate can be made meanwhile (quantize stage)."""
+
+    def __init__(self, cmd: list[str], merged: Path, out_dir: Path, log_file: Path):
+        self.merged, self.out_dir, self.log_file = merged, out_dir, log_file
+        self._log = open(log_file, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait(self) -> None:
+        rc = self.proc.wait()
+        self._log.close()
+        if rc != 0 or not (self.out_dir / "genai_config.json").exists():
+            raise ArtifactError(f"ORT GenAI: the model builder failed on {self.merged} (exit {rc}).",
+                                hint=f"Its last output ({self.log_file}):\n{self.log_file.read_text()[-800:]}")
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def start_build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
+                block_size: int = 32, algo: str = "k_quant", lm_head: str = "int8") -> Building:
+    """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir, by
+    the model builder in a process of its own. int4 with ``algo`` rtn or k_quant is the builder's
+    own; GPTQ is :func:`quantize_package` over an fp32 package."""
     arch = (json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])[0]
     supported = supported_architectures()
     if arch not in supported:
@@ -49,12 +73,18 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
                 "matmul_mixed_precision=" + ("last_matmul:int8," if lm_head == "int8" else "")
                 + "mixed_layers:int8"]
     log.info("building the ORT GenAI %s package from %s", precision, merged)
-    with open(log_file, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not (out_dir / "genai_config.json").exists():
-        raise ArtifactError(f"ORT GenAI: the model builder failed on {merged} "
-                            f"(exit {proc.returncode}).",
-                            hint=f"Its last output ({log_file}):\n{log_file.read_text()[-800:]}")
+    return Building(cmd, merged, out_dir, log_file)
+
+
+def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Path,
+          block_size: int = 32, algo: str = "k_quant", lm_head: str = "int8") -> None:
+    """:func:`start_build`, waited for."""
+    building = start_build(merged, out_dir, precision, cache, log_file, block_size, algo, lm_head)
+    try:
+        building.wait()
+    except BaseException:
+        building.cancel()
+        raise
 
 
 def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]],

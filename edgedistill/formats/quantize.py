@@ -93,8 +93,17 @@ KQUANTS = " (k-quant tensors)"  # the GGUF candidate label's suffix: see _quanti
 
 # --- one artifact: its candidates, the one kept --------------------------------------------------
 
-# scratch dir → (artifact path, extras), or None when the candidate would repeat another
-Build = Callable[[Path], "tuple[Path, dict[str, Any]] | None"]
+# scratch dir → (artifact path, extras), or None when the candidate would repeat another, or a
+# Pending: a build still running in the background (the next candidates are made meanwhile)
+Made = "tuple[Path, dict[str, Any]] | None"
+Build = Callable[[Path], "Made | Pending"]
+
+
+class Pending:
+    """A candidate whose build runs on: :meth:`result` waits for it, :meth:`cancel` stops it."""
+
+    def __init__(self, result: Callable[[], Made], cancel: Callable[[], None]):
+        self.result, self.cancel = result, cancel
 
 
 def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
@@ -104,21 +113,28 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
     lower). Returns (scratch dir, artifact path, extras) of the kept one; records every
     measurement."""
     kind = FORMATS[fmt].kind
-    built, scratches = [], []
+    built, scratches, made = [], [], []
     try:
-        for i, (label, build) in enumerate(candidates):
+        for i, (label, build) in enumerate(candidates):  # all built first: some in the background
             scratches.append(scratch_dir(ctx.run, f"{fmt}-{precision}-{i}"))
-            made = build(scratches[-1])
-            if made is None:  # the same artifact as another candidate: not built twice
-                shutil.rmtree(scratches.pop(), ignore_errors=True)
+            made.append((label, scratches[-1], build(scratches[-1])))
+        for i, (label, scratch, m) in enumerate(made):
+            if isinstance(m, Pending):
+                made[i] = (label, scratch, None)  # waited for (or cancelled) once only
+                m = m.result()
+            if m is None:  # the same artifact as another candidate: not built twice
+                shutil.rmtree(scratch, ignore_errors=True)
                 continue
-            path, extra = made
-            built.append((label, scratches[-1], path, extra, measure(ctx.loss, kind, path, label)))
+            path, extra = m
+            built.append((label, scratch, path, extra, measure(ctx.loss, kind, path, label)))
         kept = built[0]
         for cand in built[1:]:  # unmeasurable (no eval split): the calibrated one, as asked
             if kept[4] is None or cand[4] is None or _kld(cand[4]) < _kld(kept[4]):
                 kept = cand
     except BaseException:
+        for _, _, m in made:
+            if isinstance(m, Pending):
+                m.cancel()
         for d in scratches:
             shutil.rmtree(d, ignore_errors=True)
         raise
@@ -158,7 +174,7 @@ def _finish(ctx: Context, stage: Any, fmt: str, precision: str, scratch: Path, p
 
 
 def _quantize_gguf(ctx: Context, stage: Any, qtype: str, calibrated: bool) -> None:
-    from edgedistill.formats.gguf import NEEDS_IMATRIX, kquant_tensors, tensor_type_names
+    from edgedistill.formats.gguf import NEEDS_IMATRIX, kquant_tensors
     from edgedistill.formats.variants import gguf_variant
 
     run, q = ctx.run, qtype.lower()
@@ -174,9 +190,8 @@ def _quantize_gguf(ctx: Context, stage: Any, qtype: str, calibrated: bool) -> No
                 only = kquant_tensors(types)
                 if only is None:  # the same file as the all-tensor candidate, or as none
                     return None
-            extra = gguf_variant(run, q, out, imatrix, log_file, only=only)
-            if imatrix is None:
-                types.update(tensor_type_names(out))
+            extra = gguf_variant(run, q, out, imatrix, log_file, only=only,
+                                 types=types if imatrix is None else None)
             return out, extra
         return go
 
@@ -216,20 +231,23 @@ def _quantize_onnx(ctx: Context, stage: Any, precision: str, calibrated: bool) -
 
 
 def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: bool) -> None:
-    from edgedistill.formats.variants import int4_algo, ortgenai_variant
+    from edgedistill.formats.variants import int4_algo, start_ortgenai_variant
 
     run = ctx.run
     algo = run.recipe.export.quantize.algo
     run.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def build(label: str) -> Build:
-        def go(scratch: Path) -> tuple[Path, dict[str, Any]]:
+        def go(scratch: Path) -> Pending:
+            # the model builder's int4 (the uncalibrated candidate) works on one core: it runs in
+            # the background while GPTQ makes the calibrated one
             a = int4_algo("ortgenai", algo, label != "none")
             ids = ctx.samples().select_tokens(run.recipe.export.quantize.gptq_max_tokens) \
                 if a == "gptq" else None
             pkg = scratch / precision
-            extra = ortgenai_variant(run, pkg, a, ids, run.logs_dir / f"ortgenai-{precision}.log")
-            return pkg, {**extra, "block_size": run.recipe.export.quantize.int4_block_size, "algo": a}
+            started = start_ortgenai_variant(run, pkg, a, ids, run.logs_dir / f"ortgenai-{precision}.log")
+            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a}
+            return Pending(lambda: (pkg, {**started.result(), **extra}), started.cancel)
         return go
 
     cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgedistill.errors import ArtifactError
 
@@ -54,9 +55,11 @@ def make_imatrix(run: Any, ids: list[list[int]], dataset: str, out: Path) -> dic
 
 
 def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
-                 log_file: Path | None = None, only: set[str] | None = None) -> dict[str, Any]:
+                 log_file: Path | None = None, only: set[str] | None = None,
+                 types: dict[str, str] | None = None) -> dict[str, Any]:
     """``out`` ← the exported GGUF quantized to ``qtype``; returns its manifest extras. ``only``:
-    the tensors the importance matrix is handed over for (default: every one it has)."""
+    the tensors the importance matrix is handed over for (default: every one it has); ``types``,
+    when given, gets each tensor's type in ``out`` (the file is read once, ~2 s)."""
     from edgedistill.formats import gguf, imatrix
 
     exp = run.recipe.export
@@ -71,8 +74,11 @@ def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
         field = GGUFReader(str(imatrix_file), "r").fields.get("imatrix.datasets")
         dataset = bytes(field.parts[field.data[0]]).decode() if field else None
     gguf.quantize(src, out, qtype, log_file=log_file, imatrix=matrix, imatrix_dataset=dataset)
+    names = gguf.tensor_type_names(out)
+    if types is not None:
+        types.update(names)
     return {"llama_cpp_version": f"llama-cpp-python {gguf.llama_cpp_python_version()}",
-            "quantized_from": run.rel(src), "tensor_types": gguf.tensor_types(out),
+            "quantized_from": run.rel(src), "tensor_types": gguf.type_counts(names),
             "imatrix": run.rel(imatrix_file) if imatrix_file else None,
             **({"imatrix_tensors": len(matrix)} if matrix is not None else {})}
 
@@ -96,28 +102,80 @@ def onnx_variant(run: Any, precision: str, out_dir: Path, algo: str,
     return out_dir / name
 
 
-def ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[int]] | None,
-                     log_file: Path) -> dict[str, Any]:
-    """An int4 ORT GenAI package in ``out_dir`` (which must not exist); returns its extras."""
-    from edgedistill.formats import onnx, ortgenai, parity
+class Started:
+    """A variant being built: :meth:`result` waits for it and returns its extras, :meth:`cancel`
+    stops what still runs."""
+
+    def __init__(self, finish: Callable[[], dict[str, Any]], cancel: Callable[[], None] = lambda: None):
+        self._finish, self._cancel = finish, cancel
+
+    def result(self) -> dict[str, Any]:
+        try:
+            return self._finish()
+        except BaseException:
+            self._cancel()
+            raise
+
+    def cancel(self) -> None:
+        self._cancel()
+
+
+def start_ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[int]] | None,
+                           log_file: Path) -> Started:
+    """An int4 ORT GenAI package in ``out_dir`` (which must not exist). The model builder's own
+    int4 (rtn, k_quant: one core) runs in a process of its own until :meth:`Started.result`;
+    GPTQ is made before this returns."""
+    from edgedistill.formats import onnx, ortgenai
 
     q = run.recipe.export.quantize
     onnx.check_block_size(run.merged_dir, q.int4_block_size)
-    cache = run.export_dir / ".ortgenai-cache"
-    if algo == "gptq":
+    run.export_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix=".ortgenai-cache-", dir=run.export_dir))  # one per build
+    if algo != "gptq":
+        try:
+            building = ortgenai.start_build(run.merged_dir, out_dir, "int4", cache, log_file,
+                                            q.int4_block_size, algo, q.int4_lm_head)
+        except BaseException:
+            shutil.rmtree(cache, ignore_errors=True)
+            raise
+
+        def finish() -> dict[str, Any]:
+            try:
+                building.wait()
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            return _fit_tokenizer(run, out_dir)
+
+        def cancel() -> None:
+            building.cancel()
+            shutil.rmtree(cache, ignore_errors=True)
+
+        return Started(finish, cancel)
+    try:
         fp32 = run.ortgenai_dir / "fp32"
         entry = run.stage_entry("export:ortgenai")
         if entry and entry.get("status") == "done" and run.outputs_intact(entry) and fp32.is_dir():
             shutil.copytree(fp32, out_dir)
         else:
-            ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file)
-        if not calibration:
-            raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
-        ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head)
-    else:
-        ortgenai.build(run.merged_dir, out_dir, "int4", cache, log_file, q.int4_block_size, algo,
-                       q.int4_lm_head)
-    shutil.rmtree(cache, ignore_errors=True)
+            ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file.with_suffix(".fp32.log"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if not calibration:
+        raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
+    ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head)
+    extra = _fit_tokenizer(run, out_dir)
+    return Started(lambda: extra)
+
+
+def ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[int]] | None,
+                     log_file: Path) -> dict[str, Any]:
+    """An int4 ORT GenAI package in ``out_dir`` (which must not exist); returns its extras."""
+    return start_ortgenai_variant(run, out_dir, algo, calibration, log_file).result()
+
+
+def _fit_tokenizer(run: Any, out_dir: Path) -> dict[str, Any]:
+    from edgedistill.formats import ortgenai, parity
+
     texts = [m["content"] for msgs in parity.prompts_for(run, run.recipe.export.parity_prompts)
              for m in msgs]
     override = ortgenai.fit_tokenizer(out_dir, run.merged_dir, texts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -39,9 +40,11 @@ class OrtGenAIRuntime(Runtime):
                     name = p.removesuffix("ExecutionProvider").lower()
                     if name != "cpu":
                         config.append_provider(name)
-            if threads:
-                config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                    "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+            # every core unless told: ORT GenAI's own default is one intra-op thread (measured
+            # on 2 cores: a 35-token prefill of the demo's int4 student 78 ms on 1, 47 ms on 2)
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads or os.cpu_count() or 1,
+                "inter_op_num_threads": 1}}}}))
             self.model = og.Model(config)
         except RuntimeError as e:
             raise ArtifactError(f"ONNX Runtime GenAI cannot load {self.path}: {e}",
