@@ -20,7 +20,8 @@ from edgedistill.formats.parity import LOGIT_TOLERANCE
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[1]
-FORMATS = {"onnx", "ortgenai", "gguf"}
+FORMATS = {"onnx", "ortgenai", "gguf"}  # the QA profile's; the demo's are what phones and Pis run
+DEMO_FORMATS = {"ortgenai", "gguf"}
 
 
 def _run(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -35,11 +36,11 @@ def _stage_seconds(run_dir: Path) -> dict[str, float]:
     return {name: s.get("seconds") or 0.0 for name, s in stages.items()}
 
 
-def _check_report(run_dir: Path) -> dict:
+def _check_report(run_dir: Path, formats: set[str] = FORMATS) -> dict:
     data = json.loads((run_dir / "report.json").read_text())
     teacher = data["teacher"]["score"]
     assert teacher and teacher > data["student_base"]["score"]
-    assert {a["format"] for a in data["artifacts"]} == FORMATS
+    assert {a["format"] for a in data["artifacts"]} == formats
     for a in data["artifacts"]:
         assert a["score"] is not None and a["retention"] == pytest.approx(a["score"] / teacher, abs=1e-4)
         lo, hi = a["retention_ci95"]  # the paired bootstrap over the eval examples
@@ -49,6 +50,8 @@ def _check_report(run_dir: Path) -> dict:
         assert bench["decode_tokens_per_s"]["p50"] > 0 and bench["peak_rss_mb"] > 0
         assert (run_dir / a["path"]).exists() and (run_dir / a["eval_file"]).is_file()
     for fp in ("onnx-fp32", "ortgenai-fp32", "gguf-f16"):  # fp exports are the merged student
+        if fp.split("-")[0] not in formats:
+            continue
         p = next(a for a in data["artifacts"] if a["id"] == fp)["parity"]
         assert p["max_abs_logit_diff"] <= LOGIT_TOLERANCE[fp.split("-")[1]]
         # greedy tokens equal, but for near ties the logit differences explain
@@ -64,7 +67,7 @@ def test_demo_runs_end_to_end_and_the_student_improves(tmp_path):
     print(f"\ndemo: exit {proc.returncode}, {wall:.0f} s wall, {sum(seconds.values()):.0f} s in stages:",
           json.dumps(seconds, indent=1))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = _check_report(run_dir)
+    data = _check_report(run_dir, DEMO_FORMATS)
     base, merged = data["student_base"]["score"], data["student_merged"]["score"]
     print(f"teacher {data['teacher']['score']}, student before {base}, after {merged}; "
           + ", ".join(f"{a['id']} {a['score']}" for a in data["artifacts"]))
