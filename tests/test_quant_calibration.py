@@ -566,14 +566,14 @@ def test_a_candidate_building_in_the_background_is_waited_for_or_cancelled(tmp_p
         "kld": {"none": 0.1, "task": 0.2}[label], "calibration": label})
     events: list[str] = []
 
-    def background(scratch: Path) -> qz.Pending:
+    def background(scratch: Path) -> qz.Started:
         events.append("started none")
 
         def result():
             events.append("waited none")
             (scratch / "int4").mkdir()
             return scratch / "int4", {}
-        return qz.Pending(result, lambda: events.append("cancelled none"))
+        return qz.Started(result, lambda: events.append("cancelled none"))
 
     def foreground(scratch: Path):
         events.append("built task")

@@ -26,6 +26,7 @@ from edgedistill.formats import calibration as calib
 from edgedistill.formats.jobs import Job, place, raise_failures, record_artifact, run_all, scratch_dir, settings
 from edgedistill.formats.parity import Checker
 from edgedistill.formats.quant_loss import Reference, measure
+from edgedistill.formats.variants import Started
 from edgedistill.registry import FORMATS
 from edgedistill.rundir import Run
 
@@ -94,16 +95,9 @@ KQUANTS = " (k-quant tensors)"  # the GGUF candidate label's suffix: see _quanti
 # --- one artifact: its candidates, the one kept --------------------------------------------------
 
 # scratch dir → (artifact path, extras), or None when the candidate would repeat another, or a
-# Pending: a build still running in the background (the next candidates are made meanwhile)
-Made = "tuple[Path, dict[str, Any]] | None"
-Build = Callable[[Path], "Made | Pending"]
-
-
-class Pending:
-    """A candidate whose build runs on: :meth:`result` waits for it, :meth:`cancel` stops it."""
-
-    def __init__(self, result: Callable[[], Made], cancel: Callable[[], None]):
-        self.result, self.cancel = result, cancel
+# Started whose result() is one of those: a build still running in the background (the next
+# candidates are made meanwhile)
+Build = Callable[[Path], "tuple[Path, dict[str, Any]] | None | Started"]
 
 
 def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
@@ -119,7 +113,7 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
             scratches.append(scratch_dir(ctx.run, f"{fmt}-{precision}-{i}"))
             made.append((label, scratches[-1], build(scratches[-1])))
         for i, (label, scratch, m) in enumerate(made):
-            if isinstance(m, Pending):
+            if isinstance(m, Started):
                 made[i] = (label, scratch, None)  # waited for (or cancelled) once only
                 m = m.result()
             if m is None:  # the same artifact as another candidate: not built twice
@@ -133,7 +127,7 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
                 kept = cand
     except BaseException:
         for _, _, m in made:
-            if isinstance(m, Pending):
+            if isinstance(m, Started):
                 m.cancel()
         for d in scratches:
             shutil.rmtree(d, ignore_errors=True)
@@ -238,7 +232,7 @@ def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: boo
     run.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def build(label: str) -> Build:
-        def go(scratch: Path) -> Pending:
+        def go(scratch: Path) -> Started:
             # the model builder's int4 (the uncalibrated candidate) works on one core: it runs in
             # the background while GPTQ makes the calibrated one
             a = int4_algo("ortgenai", algo, label != "none")
@@ -247,7 +241,7 @@ def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: boo
             pkg = scratch / precision
             started = start_ortgenai_variant(run, pkg, a, ids, run.logs_dir / f"ortgenai-{precision}.log")
             extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a}
-            return Pending(lambda: (pkg, {**started.result(), **extra}), started.cancel)
+            return Started(lambda: (pkg, {**started.result(), **extra}), started.cancel)
         return go
 
     cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])

@@ -103,13 +103,14 @@ def onnx_variant(run: Any, precision: str, out_dir: Path, algo: str,
 
 
 class Started:
-    """A variant being built: :meth:`result` waits for it and returns its extras, :meth:`cancel`
-    stops what still runs."""
+    """Something being built, perhaps in the background: :meth:`result` waits for it and returns
+    what ``finish`` returns (stopping the rest if that fails), :meth:`cancel` stops what still
+    runs. The quantize stage builds one candidate while another runs."""
 
-    def __init__(self, finish: Callable[[], dict[str, Any]], cancel: Callable[[], None] = lambda: None):
+    def __init__(self, finish: Callable[[], Any], cancel: Callable[[], None] = lambda: None):
         self._finish, self._cancel = finish, cancel
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> Any:
         try:
             return self._finish()
         except BaseException:
