@@ -167,6 +167,14 @@ class QuantizeConfig(Strict):
     # any type llama.cpp names; the low-bit ones (q3_k_s, q2_k, iq4_xs) want an importance matrix,
     # and iq2_xxs/iq2_xs/iq1_s/q2_k_s need one (calibration: task or text:FILE)
     gguf: list[str] = ["q8_0", "q4_k_m"]
+    # per-tensor GGML types for every GGUF type above, as llama-quantize's --tensor-type: a
+    # pattern (a regular expression searched in the tensor's GGUF name) -> a type; the first
+    # pattern that matches a tensor wins over the type's own mix, and a type a tensor's rows
+    # cannot tile falls back as llama.cpp does. Where hidden sizes are no multiple of 256
+    # (SmolLM2's 576) q4_k_m holds mostly Q5_0, whose CPU kernels are slower than IQ4_NL's:
+    # {"ffn_(gate|up)|attn_(q|k|output)": iq4_nl, attn_v: q8_0} (profiles/demo.yaml) is 4-bit
+    # where q4_k_m is 5-bit, faster and smaller, for a larger KL divergence
+    gguf_tensor_types: dict[str, str] = {}
     ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
     # must tile the hidden and intermediate sizes an even number of times (576 and 1536: 16 or 32)
     int4_block_size: int = Field(32, ge=16)
@@ -186,6 +194,18 @@ class QuantizeConfig(Strict):
     # (formats/gptq.py one_pass), holding the activations meanwhile (~1 MB a token for a 135M
     # model). Demo student, int4 answer KLD: 0.035 at 256 tokens, 0.022 at 1024 (measured).
     gptq_max_tokens: int = Field(1024, ge=16)
+
+    @field_validator("gguf_tensor_types")
+    @classmethod
+    def _tensor_patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+        return {p: t.strip().lower() for p, t in v.items()}
 
     @field_validator("calibration")
     @classmethod

@@ -622,3 +622,51 @@ def test_an_ortgenai_package_runs_on_every_core_unless_told(cal_run, monkeypatch
             assert rt.generate([SYSTEM, {"role": "user", "content": "What is 1 plus 4?"}], 2).token_ids
         options = overlays[-1]["model"]["decoder"]["session_options"]
         assert options["intra_op_num_threads"] == expected
+
+
+def test_gguf_tensor_types_override_the_mix_first_pattern_first(tmp_path):
+    """export.quantize.gguf_tensor_types reaches llama.cpp's quantizer as llama-quantize's
+    --tensor-type does: the first pattern a tensor's name matches sets its type, the others keep
+    the type's own mix, and the file loads and generates in llama.cpp; the artifact records
+    the overrides."""
+    from edgedistill.formats.gguf import tensor_type_names
+    from tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "m", hidden=256, intermediate=320)
+    overrides = {r"blk\.0\.": "q8_0", "ffn_(gate|up)|attn_q": "iq4_nl", "ffn_down": "IQ4_NL"}
+    run = make_run(tmp_path, model, calibration="none", onnx=[], ortgenai=[], gguf=["q4_k_m"],
+                   gguf_tensor_types=overrides)
+    assert run.recipe.export.quantize.gguf_tensor_types["ffn_down"] == "iq4_nl"
+    export(run, formats=["gguf"])
+    quantize(run)
+    path = run.gguf_dir / "model-q4_k_m.gguf"
+    types = {n: t for n, t in tensor_type_names(path).items() if n.startswith("blk.")}
+    assert types and all(t == "Q8_0" for n, t in types.items() if n.startswith("blk.0.") and ".weight" in n
+                         and "norm" not in n)
+    rest = {n: t for n, t in types.items() if not n.startswith("blk.0.")}
+    assert {t for n, t in rest.items() if any(k in n for k in ("ffn_gate", "ffn_up", "attn_q.", "ffn_down"))} \
+        == {"IQ4_NL"}
+    assert {t for n, t in rest.items() if "attn_k." in n} == {"Q4_K"}  # q4_k_m's own choice
+    art = arts(run)["gguf-q4_k_m"]
+    assert art["tensor_type_overrides"] == {**overrides, "ffn_down": "iq4_nl"}
+    assert art["tensor_types"]["IQ4_NL"] >= 4 and art["quant_loss"]["kld"] >= 0
+    with runtimes.load("gguf", path) as rt:
+        assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
+
+
+def test_gguf_tensor_types_are_checked_before_anything_is_written(tmp_path, tiny_model_dir):
+    from edgedistill.formats.variants import gguf_variant
+
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        load_recipe(write_recipe(tmp_path / "r", export={"quantize": {"gguf_tensor_types": {"attn_(q": "q8_0"}}}))
+    run = make_run(tmp_path, tiny_model_dir, calibration="none", onnx=[], ortgenai=[], gguf=["q4_0"],
+                   gguf_tensor_types={"attn_v": "q7_0"})
+    export(run, formats=["gguf"])
+    with pytest.raises(ConfigError, match="Unknown GGML type 'q7_0'.*gguf_tensor_types") as e:
+        gguf_variant(run, "q4_0", tmp_path / "x.gguf", None)
+    assert "iq4_nl" in e.value.hint and not (tmp_path / "x.gguf").exists()
+    run2 = make_run(tmp_path / "b", tiny_model_dir, calibration="none", onnx=[], ortgenai=[], gguf=["q4_0"],
+                    gguf_tensor_types={"attn_v": "iq2_xxs"})
+    export(run2, formats=["gguf"])
+    with pytest.raises(ConfigError, match="needs an importance matrix"):
+        gguf_variant(run2, "q4_0", tmp_path / "y.gguf", None)

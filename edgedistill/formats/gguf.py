@@ -239,13 +239,46 @@ def _imatrix_params(llama_cpp, imatrix: dict[str, "np.ndarray"], dataset: str | 
     return entries, kv, keep
 
 
+# GGML types a tensor can be stored in (llama-quantize --tensor-type), where this llama.cpp has them
+TENSOR_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k",
+                "q5_k", "q6_k", "iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s",
+                "iq4_nl", "iq4_xs", "tq1_0", "tq2_0", "mxfp4")
+TENSOR_TYPES_NEED_IMATRIX = frozenset({"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s"})
+
+
+def _tensor_type_overrides(llama_cpp, tensor_types: dict[str, str], has_imatrix: bool) -> tuple:
+    """The NULL-ended ``llama_model_tensor_override`` array for ``{pattern: type}`` and the bytes it
+    points at (the caller keeps both alive)."""
+    known = {t: getattr(llama_cpp, f"GGML_TYPE_{t.upper()}") for t in TENSOR_TYPES
+             if hasattr(llama_cpp, f"GGML_TYPE_{t.upper()}")}
+    for pattern, t in tensor_types.items():
+        if t not in known:
+            raise ConfigError(f"Unknown GGML type {t!r} for tensors matching {pattern!r} in "
+                              f"export.quantize.gguf_tensor_types.",
+                              hint=f"Types this llama.cpp stores: {', '.join(known)}.")
+        if t in TENSOR_TYPES_NEED_IMATRIX and not has_imatrix:
+            raise ConfigError(f"GGML type {t} (tensors matching {pattern!r}) needs an importance "
+                              "matrix, and this quantization has none.",
+                              hint="Calibrate it: --set export.quantize.calibration=task")
+    entries = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+    keep = []
+    for i, (pattern, t) in enumerate(tensor_types.items()):
+        raw = pattern.encode()
+        keep.append(raw)
+        entries[i].pattern, entries[i].type = raw, known[t]
+    entries[len(tensor_types)].pattern = None
+    return entries, keep
+
+
 def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
              log_file: Path | None = None, imatrix: dict[str, "np.ndarray"] | None = None,
-             imatrix_dataset: str | None = None) -> None:
+             imatrix_dataset: str | None = None, tensor_types: dict[str, str] | None = None) -> None:
     """GGUF → quantized GGUF with llama.cpp's quantizer (``llama_model_quantize``); its per-tensor
     output goes to ``log_file`` when given. ``imatrix``: ``{tensor name: per-column mean squared
     activation}`` (:func:`edgedistill.formats.imatrix.read`), handed over as
-    ``llama_model_quantize_params.imatrix``."""
+    ``llama_model_quantize_params.imatrix``; ``tensor_types``: ``{pattern: GGML type}`` handed over
+    as ``tt_overrides`` (llama-quantize's ``--tensor-type``: the first pattern a tensor's name
+    matches sets its type)."""
     import ctypes
 
     import llama_cpp
@@ -260,14 +293,17 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[qtype.lower()]
     params.nthread = threads or 0
-    held = None
+    held, overrides = None, None
+    if tensor_types:
+        overrides = _tensor_type_overrides(llama_cpp, tensor_types, bool(imatrix))
+        params.tt_overrides = ctypes.cast(overrides[0], ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     if imatrix:
         held = _imatrix_params(llama_cpp, imatrix, imatrix_dataset)
         params.imatrix = ctypes.cast(held[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         params.kv_overrides = ctypes.cast(held[1], ctypes.POINTER(llama_cpp.llama_model_kv_override))
     with _native_output_to(log_file) if log_file else contextlib.nullcontext():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    del held
+    del held, overrides
     if rc != 0 or not dst.exists():
         tail = "".join(log_file.read_text(errors="replace").splitlines(True)[-8:]) if log_file else ""
         raise ArtifactError(f"GGUF: llama.cpp's quantizer failed ({qtype}, code {rc}) on {src}.",

@@ -311,7 +311,8 @@ def quantize_jobs(run: Run, par: Checker, failures: list[str], ctx: Context | No
         extra_in, extra = calibrated(t in gguf_cal, ctx.imatrix_file)
         src = run.gguf_dir / f"model-{exp.gguf_outtype}.gguf"
         jobs.append((f"quantize:gguf-{t}", [run.merged_dir, src, *loss_in, *extra_in],
-                     settings(run, **{k: v for k, v in extra.items() if k == "calibration"}),
+                     settings(run, **{k: v for k, v in extra.items() if k == "calibration"},
+                              **({"tensor_types": q.gguf_tensor_types} if q.gguf_tensor_types else {})),
                      lambda stage, t=t, c=bool(extra_in): _quantize_gguf(ctx, stage, t, c)))
     return jobs
 

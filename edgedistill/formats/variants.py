@@ -73,12 +73,15 @@ def gguf_variant(run: Any, qtype: str, out: Path, imatrix_file: Path | None,
 
         field = GGUFReader(str(imatrix_file), "r").fields.get("imatrix.datasets")
         dataset = bytes(field.parts[field.data[0]]).decode() if field else None
-    gguf.quantize(src, out, qtype, log_file=log_file, imatrix=matrix, imatrix_dataset=dataset)
+    overrides = exp.quantize.gguf_tensor_types
+    gguf.quantize(src, out, qtype, log_file=log_file, imatrix=matrix, imatrix_dataset=dataset,
+                  tensor_types=overrides)
     names = gguf.tensor_type_names(out)
     if types is not None:
         types.update(names)
     return {"llama_cpp_version": f"llama-cpp-python {gguf.llama_cpp_python_version()}",
             "quantized_from": run.rel(src), "tensor_types": gguf.type_counts(names),
+            **({"tensor_type_overrides": dict(overrides)} if overrides else {}),
             "imatrix": run.rel(imatrix_file) if imatrix_file else None,
             **({"imatrix_tensors": len(matrix)} if matrix is not None else {})}
 
