@@ -1,7 +1,8 @@
 """Calibrated against uncalibrated quantization on one run's merged student, format by format.
 
     python3 scripts/bench_quant.py RUN [--formats gguf,onnx,ortgenai] [--gguf-types q4_k_m,q3_k_s]
-                                       [--text FILE] [--work DIR] [--limit N] [--set KEY=VALUE ...]
+                                       [--text FILE] [--work DIR] [--limit N] [--answer-ms]
+                                       [--set KEY=VALUE ...]
 
 For each format's 4-bit artifact (GGUF: each type asked; ONNX and ORT GenAI: int4) and each
 calibration -- none (GGUF without an importance matrix; int4 with the format's data-free
@@ -15,11 +16,13 @@ matrix or GPTQ included; the process's and its tools'), the artifact's size, its
 the merged student and top-1 agreement at the eval answers and over whole chats
 (formats/quant_loss.py), and its task score on the eval split (greedy, evaluate/metrics.py
 score_example against the gold answers; the teacher's reply where a record has none), beside the
-merged student's.
+merged student's; with ``--answer-ms``, also the time to a whole 32-token answer after a 64-token
+prompt on every core (the bench's measurement, as ``scripts/seed_claims.py`` takes it).
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
 and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does
-(say ``export.quantize.int4_lm_head=int4``), so two invocations compare a setting. Prints a table
+(say ``export.quantize.int4_lm_head=int4``, or ``'export.quantize.gguf_tensor_types={}'`` for
+llama.cpp's own mix where the recipe sets one), so two invocations compare a setting. Prints a table
 with ratios to the uncalibrated artifact and ends stdout with one JSON line.
 """
 
@@ -124,6 +127,7 @@ def child(spec: dict) -> dict:
         files = [p for p in out.iterdir() if p.name.startswith(path.name)] if path.is_file() else [path]
         row["bytes"] = sum(digest(f)["bytes"] for f in files)
         row["quant_loss"] = measure(Reference(run), kind_of(fmt), path, label)
+        row["path"] = str(path)
     kind, where = ("hf", run.merged_dir) if fmt == "merged" else (kind_of(fmt), path)
     records = read_jsonl(run.eval_data)[: spec["limit"]]
     scores = []
@@ -185,6 +189,19 @@ def work_run(src_root: Path, work: Path, formats: list[str], overrides: list[str
     return run
 
 
+def answer_ms(fmt: str, path: str, threads: int) -> float | None:
+    """Time to a whole 32-token answer after a 64-token prompt (first token + 31 more), the
+    artifact alone in a process of its own, as ``scripts/seed_claims.py`` measures it."""
+    from edgedistill.bench.device import KIND_OF_FORMAT, measure_in_subprocess
+
+    rec = measure_in_subprocess({"kind": KIND_OF_FORMAT[fmt], "path": path, "threads": threads,
+                                 "providers": [], "gpu_layers": 0, "prompt_tokens": 64,
+                                 "generate_tokens": 32, "repetitions": 3, "warmup": 1})
+    if "error" in rec:
+        return None
+    return round(rec["ttft_ms"]["p50"] + 31 * 1e3 / rec["decode_tokens_per_s"]["p50"], 1)
+
+
 def ratio(a, b) -> str:
     return f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
 
@@ -204,6 +221,8 @@ def main() -> None:
     ap.add_argument("--text", type=Path, default=None, help="generic text to calibrate on (.txt/.jsonl)")
     ap.add_argument("--work", type=Path, default=None, help="keep the work run here (default: a temp dir)")
     ap.add_argument("--limit", type=int, default=None, help="score at most N eval examples")
+    ap.add_argument("--answer-ms", action="store_true",
+                    help="also time a whole 32-token answer of each artifact (64-token prompt, every core)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="change the work run's recipe (as `edgedistill --set`)")
     args = ap.parse_args()
@@ -229,6 +248,8 @@ def main() -> None:
                     "out": str(work / "variants" / f"{fmt}-{precision}-{i}"),
                     "limit": args.limit}
             rows.append(run_child(spec))
+            if args.answer_ms and fmt != "merged" and rows[-1].get("path"):
+                rows[-1]["answer_ms"] = answer_ms(fmt, rows[-1]["path"], os.cpu_count() or 1)
             print(f"{fmt}-{precision} {label}: {json.dumps(rows[-1])[:400]}", file=sys.stderr)
 
     merged = next((r for r in rows if r["format"] == "merged"), {})
@@ -236,7 +257,7 @@ def main() -> None:
           f"generic text: {text} (sha256 {text_sha[:16]}…)")
     head = (f"{'artifact':16} {'calib':6} {'algo':7} {'KLD':>9} {'95% CI':>19} {'÷none':>6} {'top1':>6} "
             f"{'KLDwhole':>9} {'top1w':>6} {'score':>6} {'÷merged':>8} {'MB':>7} {'÷none':>6} "
-            f"{'quant s':>8} {'÷none':>6} {'RSS MB':>7}")
+            f"{'quant s':>8} {'÷none':>6} {'RSS MB':>7}" + (f" {'answer ms':>9} {'÷none':>6}" if args.answer_ms else ""))
     print(head)
     for fmt, precision in combos[1:]:
         group = [r for r in rows if r["format"] == fmt and r["precision"] == precision]
@@ -259,7 +280,9 @@ def main() -> None:
                   f"{f(r.get('bytes') and r['bytes'] / 1e6, '7.1f')} "
                   f"{ratio(r.get('bytes'), base.get('bytes')):>6} "
                   f"{f(r.get('quantize_s'), '8.1f')} {ratio(r.get('quantize_s'), base.get('quantize_s')):>6} "
-                  f"{f(r.get('peak_rss_mb'), '7.0f')}")
+                  f"{f(r.get('peak_rss_mb'), '7.0f')}"
+                  + (f" {f(r.get('answer_ms'), '9.0f')} {ratio(r.get('answer_ms'), base.get('answer_ms')):>6}"
+                     if args.answer_ms else ""))
     print(json.dumps({"run": str(args.run), "work": str(work), "generic_text": str(text),
                       "generic_text_sha256": text_sha, "merged_score": merged.get("score"), "rows": rows}))
 
