@@ -187,7 +187,8 @@ class QuantizeConfig(Strict):
     algo: Literal["rtn", "k_quant", "gptq"] = "gptq"
     # none | task (the run's train split: prompts + teacher answers) | text:FILE (generic text,
     # .txt or .jsonl). A calibrated artifact is kept only when its KL divergence from the merged
-    # student at the eval answers is below the uncalibrated one's; both are recorded.
+    # student at the eval answers is below the uncalibrated one's beyond noise (a 95% paired
+    # bootstrap interval over the eval chats); both are recorded, and the comparison.
     calibration: str = "task"
     calibration_samples: int = Field(256, ge=1)  # importance matrix: one forward per sample
     # GPTQ's calibration tokens: one model run per 512-token window collects every Hessian

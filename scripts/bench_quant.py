@@ -202,6 +202,17 @@ def answer_ms(fmt: str, path: str, threads: int) -> float | None:
     return round(rec["ttft_ms"]["p50"] + 31 * 1e3 / rec["decode_tokens_per_s"]["p50"], 1)
 
 
+def paired(row: dict, base: dict) -> str:
+    """The row's answer KLD minus the uncalibrated one's, with its paired 95% interval over the
+    eval chats (the quantize stage keeps a calibrated build only when that interval is below 0)."""
+    from edgedistill.formats.quant_loss import paired_difference
+
+    if row is base or not row.get("quant_loss") or not base.get("quant_loss"):
+        return "-"
+    d = paired_difference(row["quant_loss"], base["quant_loss"])
+    return "-" if d is None else f"{d['difference']:+.5f} [{d['ci95'][0]:+.5f},{d['ci95'][1]:+.5f}]"
+
+
 def ratio(a, b) -> str:
     return f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
 
@@ -241,6 +252,8 @@ def main() -> None:
     combos += [("gguf", t.lower()) for t in args.gguf_types.split(",") if "gguf" in formats and t]
     combos += [(f, "int4") for f in ("onnx", "ortgenai") if f in formats]
     rows = []
+    from edgedistill.formats.quant_loss import public
+
     for fmt, precision in combos:
         for i, label in enumerate(["none"] if fmt == "merged" else
                                   labels + (["task" + KQUANTS] if fmt == "gguf" else [])):
@@ -257,7 +270,8 @@ def main() -> None:
           f"generic text: {text} (sha256 {text_sha[:16]}…)")
     head = (f"{'artifact':16} {'calib':6} {'algo':7} {'KLD':>9} {'95% CI':>19} {'÷none':>6} {'top1':>6} "
             f"{'KLDwhole':>9} {'top1w':>6} {'score':>6} {'÷merged':>8} {'MB':>7} {'÷none':>6} "
-            f"{'quant s':>8} {'÷none':>6} {'RSS MB':>7}" + (f" {'answer ms':>9} {'÷none':>6}" if args.answer_ms else ""))
+            f"{'quant s':>8} {'÷none':>6} {'RSS MB':>7} {'KLD - none [paired 95% CI]':>32}"
+            + (f" {'answer ms':>9} {'÷none':>6}" if args.answer_ms else ""))
     print(head)
     for fmt, precision in combos[1:]:
         group = [r for r in rows if r["format"] == fmt and r["precision"] == precision]
@@ -280,9 +294,12 @@ def main() -> None:
                   f"{f(r.get('bytes') and r['bytes'] / 1e6, '7.1f')} "
                   f"{ratio(r.get('bytes'), base.get('bytes')):>6} "
                   f"{f(r.get('quantize_s'), '8.1f')} {ratio(r.get('quantize_s'), base.get('quantize_s')):>6} "
-                  f"{f(r.get('peak_rss_mb'), '7.0f')}"
+                  f"{f(r.get('peak_rss_mb'), '7.0f')} {paired(r, base):>32}"
                   + (f" {f(r.get('answer_ms'), '9.0f')} {ratio(r.get('answer_ms'), base.get('answer_ms')):>6}"
                      if args.answer_ms else ""))
+    for r in rows:
+        if r.get("quant_loss"):
+            r["quant_loss"] = public(r["quant_loss"])
     print(json.dumps({"run": str(args.run), "work": str(work), "generic_text": str(text),
                       "generic_text_sha256": text_sha, "merged_score": merged.get("score"), "rows": rows}))
 

@@ -499,8 +499,14 @@ def test_mixed_gguf_gets_a_kquant_only_imatrix_candidate(tmp_path):
     cands = metrics["quant_loss_candidates"]
     assert set(cands) == {"none", "task", "task" + KQUANTS}
     kept = arts(run)["gguf-q4_k_m"]
-    assert kept["quant_loss"]["kld"] == min(c["kld"] for c in cands.values())
     assert kept["quant_loss"] == cands[kept["calibration_source"]]
+    comparisons = metrics["quant_loss_comparisons"]
+    assert comparisons and all(c["ci95"][0] <= c["difference"] <= c["ci95"][1] for c in comparisons.values())
+    if kept["calibration_source"] != "none":  # kept only when measurably closer than what it replaced
+        assert any(k.startswith(kept["calibration_source"] + " - ") and c["ci95"][1] < 0
+                   for k, c in comparisons.items())
+        assert kept["quant_loss"]["kld"] < cands["none"]["kld"]
+    assert "_per_example" not in json.dumps(run.read_manifest())
     # the third candidate hands llama.cpp the matrix of every tensor but the fallback ones
     imx = run.export_dir / "calibration" / "imatrix.gguf"
     types = tensor_type_names(run.gguf_dir / "model-q4_k_m.gguf")
@@ -670,3 +676,33 @@ def test_gguf_tensor_types_are_checked_before_anything_is_written(tmp_path, tiny
     export(run2, formats=["gguf"])
     with pytest.raises(ConfigError, match="needs an importance matrix"):
         gguf_variant(run2, "q4_0", tmp_path / "y.gguf", None)
+
+
+def test_a_calibrated_candidate_is_kept_only_when_measurably_closer():
+    """The quantize stage's choice between two builds measured on the same eval chats: a lower
+    answer KLD inside the paired noise keeps the uncalibrated one; a lower one on every chat
+    replaces it; a broken one loses, an unmeasurable run keeps the calibrated one as asked."""
+    from edgedistill.formats.quant_loss import PER_EXAMPLE, paired_difference, public
+    from edgedistill.formats.quantize import better
+
+    rng = np.random.default_rng(0)
+    tokens = [int(t) for t in rng.integers(1, 4, size=60)]
+
+    def loss(kl):
+        kl = np.asarray(kl, dtype=float)
+        return {"kld": float(kl.sum() / sum(tokens)), PER_EXAMPLE: {"kl": kl.tolist(), "tokens": tokens}}
+
+    base = rng.gamma(1.0, 0.03, size=60) * tokens
+    none = loss(base)
+    noisy = loss(base * rng.uniform(0.5, 1.45, size=60))  # lower on average by chance, not on every chat
+    clear = loss(base * 0.6)
+    take, cmp = better(clear, none)
+    assert take and cmp["ci95"][1] < 0 and cmp["difference"] == pytest.approx(clear["kld"] - none["kld"], abs=1e-6)
+    assert noisy["kld"] < none["kld"]  # 1.5% lower, with this seed
+    take, cmp = better(noisy, none)
+    assert not take and cmp["ci95"][0] < 0 < cmp["ci95"][1]
+    assert better(none, none) == (False, paired_difference(none, none))
+    broken = {"kld": None}
+    assert better(broken, none) == (False, None) and better(none, broken) == (True, None)
+    assert better(clear, None) == (True, None)
+    assert PER_EXAMPLE not in public(clear) and public(None) is None

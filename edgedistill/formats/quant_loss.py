@@ -159,6 +159,30 @@ def _bootstrap_ratio(num: "np.ndarray", den: "np.ndarray", seed: int = 0) -> lis
     return [round(float(lo), 6), round(float(hi), 6)]
 
 
+PER_EXAMPLE = "_per_example"
+
+
+def public(loss: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A measurement as recorded: without its per-chat sums."""
+    return None if loss is None else {k: v for k, v in loss.items() if k != PER_EXAMPLE}
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, Any] | None:
+    """Answer-position KLD of ``a`` minus that of ``b``, two artifacts measured on the same eval
+    chats, with a 95% paired bootstrap interval over the chats (each resample draws the same
+    chats for both, so what the chats share cancels out). An upper end below zero: ``a`` is
+    measurably closer to the merged student. None when either has no per-chat sums (a broken
+    artifact) or they were measured on different chats."""
+    import numpy as np
+
+    pa, pb = a.get(PER_EXAMPLE), b.get(PER_EXAMPLE)
+    if not pa or not pb or pa["tokens"] != pb["tokens"]:
+        return None
+    kl = np.asarray(pa["kl"]) - np.asarray(pb["kl"])
+    n = np.asarray(pa["tokens"], dtype=float)
+    return {"difference": round(float(kl.sum() / max(n.sum(), 1)), 6), "ci95": _bootstrap_ratio(kl, n, seed)}
+
+
 def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str, Any] | None:
     """The quantization loss of the artifact at ``path`` (runtime ``kind``) against the merged
     student; None when the run has no eval chats to measure on."""
@@ -199,6 +223,9 @@ def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str
     return {
         "kld": round(float(total[0] / total[2]), 6),
         "kld_ci95": _bootstrap_ratio(per[:, 0], per[:, 2]),
+        # per chat: the answer positions' KL sum and count, for paired comparisons between
+        # artifacts (:func:`paired_difference`); not recorded (:func:`public`)
+        PER_EXAMPLE: {"kl": per[:, 0].tolist(), "tokens": per[:, 2].astype(int).tolist()},
         "top1_agreement": round(float(total[1] / total[2]), 4),
         "kld_whole": round(float(total[3] / total[5]), 6),
         "top1_agreement_whole": round(float(total[4] / total[5]), 4),

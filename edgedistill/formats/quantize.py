@@ -7,7 +7,9 @@ samples, checked against the eval split before anything is written: :mod:`.calib
 when a GGUF type uses one, ``quantize:imatrix`` (RUN/export/calibration/imatrix.gguf). Every
 artifact that calibration can change (GGUF types that read an importance matrix; int4 with
 ``algo: gptq``) is then built without and with the data, and a calibrated one is kept only when
-its KL divergence from the merged student at the eval answers is lower. A GGUF whose tensors are
+its KL divergence from the merged student at the eval answers is lower beyond noise: the 95%
+paired bootstrap interval of the difference over the eval chats lies below zero (a tie keeps
+the uncalibrated build; ``quant_loss_comparisons`` records each). A GGUF whose tensors are
 partly k-quants, partly the 32-wide types llama.cpp falls back to (rows no multiple of 256), gets
 a third candidate: the importance matrix on its k-/i-quant tensors only. Every measurement is
 recorded (``quant_loss_candidates``).
@@ -25,7 +27,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.formats import calibration as calib
 from edgedistill.formats.jobs import Job, place, raise_failures, record_artifact, run_all, scratch_dir, settings
 from edgedistill.formats.parity import Checker
-from edgedistill.formats.quant_loss import Reference, measure
+from edgedistill.formats.quant_loss import Reference, measure, paired_difference, public
 from edgedistill.formats.variants import Started
 from edgedistill.registry import FORMATS
 from edgedistill.rundir import Run
@@ -103,9 +105,9 @@ Build = Callable[[Path], "tuple[Path, dict[str, Any]] | None | Started"]
 def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
           candidates: list[tuple[str, Build]]) -> tuple[Path, Path, dict[str, Any]]:
     """Build each (calibration label, build) candidate in scratch space and measure its loss;
-    keep the one with the lowest answer-position KLD (the first, uncalibrated, unless another is
-    lower). Returns (scratch dir, artifact path, extras) of the kept one; records every
-    measurement."""
+    keep the first (uncalibrated) unless a later one is measurably closer to the merged student
+    (:func:`better`). Returns (scratch dir, artifact path, extras) of the kept one; records every
+    measurement and comparison."""
     kind = FORMATS[fmt].kind
     built, scratches, made = [], [], []
     try:
@@ -121,9 +123,12 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
                 continue
             path, extra = m
             built.append((label, scratch, path, extra, measure(ctx.loss, kind, path, label)))
-        kept = built[0]
-        for cand in built[1:]:  # unmeasurable (no eval split): the calibrated one, as asked
-            if kept[4] is None or cand[4] is None or _kld(cand[4]) < _kld(kept[4]):
+        kept, comparisons = built[0], {}
+        for cand in built[1:]:
+            take, comparison = better(cand[4], kept[4])
+            if comparison is not None:
+                comparisons[f"{cand[0]} - {kept[0]}"] = comparison
+            if take:
                 kept = cand
     except BaseException:
         for _, _, m in made:
@@ -136,14 +141,34 @@ def _keep(ctx: Context, stage: Any, fmt: str, precision: str,
         if d is not kept[1]:
             shutil.rmtree(d, ignore_errors=True)
     label, scratch, path, extra, loss = kept
+    loss = public(loss)
     stage.metrics["quant_loss"] = loss
     if len(built) > 1:
-        stage.metrics["quant_loss_candidates"] = {b[0]: b[4] for b in built}
-        log.info("%s-%s: kept %s (answer KLD %s; candidates %s)", fmt, precision, label,
-                 loss and loss["kld"], {b[0]: b[4] and b[4]["kld"] for b in built})
+        stage.metrics["quant_loss_candidates"] = {b[0]: public(b[4]) for b in built}
+        stage.metrics["quant_loss_comparisons"] = comparisons
+        log.info("%s-%s: kept %s (answer KLD %s; candidates %s; differences %s)", fmt, precision, label,
+                 loss and loss["kld"], {b[0]: b[4] and b[4]["kld"] for b in built},
+                 {k: f"{v['difference']:+.6f} [{v['ci95'][0]:+.6f}, {v['ci95'][1]:+.6f}]"
+                  for k, v in comparisons.items()})
     if label != "none":
         extra = {**extra, "calibration": ctx.samples().record()}
     return scratch, path, {**extra, "calibration_source": label}
+
+
+def better(cand: dict[str, Any] | None, kept: dict[str, Any] | None) -> tuple[bool, dict[str, Any] | None]:
+    """Whether candidate ``cand`` replaces the one kept so far, and their paired comparison
+    (:func:`edgedistill.formats.quant_loss.paired_difference`, cand - kept). Unmeasurable (no
+    eval split): the later, calibrated one, as asked. A broken artifact (non-finite logits)
+    loses to any other. Else only a lower answer-position KLD whose 95% paired interval of the
+    difference lies below zero: a difference inside the noise keeps what is kept."""
+    if cand is None or kept is None:
+        return True, None
+    if _kld(kept) == float("inf") or _kld(cand) == float("inf"):
+        return _kld(cand) < _kld(kept), None
+    comparison = paired_difference(cand, kept)
+    if comparison is None:  # measured on different chats: the point estimates alone
+        return _kld(cand) < _kld(kept), None
+    return _kld(cand) < _kld(kept) and comparison["ci95"][1] < 0, comparison
 
 
 def _kld(loss: dict[str, Any]) -> float:
