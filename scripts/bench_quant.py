@@ -193,13 +193,14 @@ def answer_ms(fmt: str, path: str, threads: int) -> float | None:
     """Time to a whole 32-token answer after a 64-token prompt (first token + 31 more), the
     artifact alone in a process of its own, as ``scripts/seed_claims.py`` measures it."""
     from edgedistill.bench.device import KIND_OF_FORMAT, measure_in_subprocess
+    from edgedistill.bench.measure import whole_answer_ms
 
     rec = measure_in_subprocess({"kind": KIND_OF_FORMAT[fmt], "path": path, "threads": threads,
                                  "providers": [], "gpu_layers": 0, "prompt_tokens": 64,
                                  "generate_tokens": 32, "repetitions": 3, "warmup": 1})
     if "error" in rec:
         return None
-    return round(rec["ttft_ms"]["p50"] + 31 * 1e3 / rec["decode_tokens_per_s"]["p50"], 1)
+    return round(whole_answer_ms(rec, 32), 1)
 
 
 def paired(row: dict, base: dict) -> str:

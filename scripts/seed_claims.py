@@ -44,10 +44,6 @@ def _teacher_gguf(run) -> Path:
     return path
 
 
-def _answer_ms(rec: dict, n_gen: int) -> float:
-    return rec["ttft_ms"]["p50"] + (n_gen - 1) * 1e3 / rec["decode_tokens_per_s"]["p50"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a run directory after eval (and export, quantize)")
@@ -61,7 +57,7 @@ def main() -> None:
 
     from edgedistill.bench.device import KIND_OF_FORMAT, measure_in_subprocess
     from edgedistill.bench.host import host_info
-    from edgedistill.bench.measure import artifact_bytes
+    from edgedistill.bench.measure import artifact_bytes, whole_answer_ms
     from edgedistill.evaluate.ladder import TEACHER, load_summary
     from edgedistill.artifacts import list_artifacts
     from edgedistill.rundir import Run
@@ -94,13 +90,13 @@ def main() -> None:
         return statistics.median(fn(r) for r in records[mid])
 
     n_gen = a.generate_tokens
-    t = {"answer_ms": med("teacher", lambda r: _answer_ms(r, n_gen)),
+    t = {"answer_ms": med("teacher", lambda r: whole_answer_ms(r, n_gen)),
          "token_ms": med("teacher", lambda r: r["token_latency_ms"]["p50"]),
          "peak_rss_mb": med("teacher", lambda r: r["peak_rss_mb"]),
          "bytes": artifact_bytes(models[0]["path"])}
     rows = []
     for m in models[1:]:
-        s = {"answer_ms": med(m["id"], lambda r: _answer_ms(r, n_gen)),
+        s = {"answer_ms": med(m["id"], lambda r: whole_answer_ms(r, n_gen)),
              "token_ms": med(m["id"], lambda r: r["token_latency_ms"]["p50"]),
              "peak_rss_mb": med(m["id"], lambda r: r["peak_rss_mb"]),
              "bytes": artifact_bytes(m["path"])}

@@ -149,6 +149,12 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def whole_answer_ms(rec: dict[str, Any], generate_tokens: int) -> float:
+    """Time to a whole answer of ``generate_tokens`` tokens from one :func:`measure_artifact`
+    result: the median first token plus the rest at the median decode rate."""
+    return rec["ttft_ms"]["p50"] + (generate_tokens - 1) * 1e3 / rec["decode_tokens_per_s"]["p50"]
+
+
 def artifact_bytes(path: str | Path) -> int:
     p = Path(path)
     if p.is_dir():
