@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal, Union
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgedistill.errors import ConfigError
 from edgedistill.registry import FORMAT_NAMES, TASKS
@@ -128,6 +128,9 @@ class KDConfig(Strict):
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = "lora"  # full: every weight (students up to ~0.5B on a CPU)
     lora: LoraConfig = LoraConfig()
+    # full: train only the last N transformer blocks (and what follows them); the token embeddings
+    # and the blocks below stay frozen, and backward stops at the lowest trained block. null: all
+    trainable_layers: Union[int, None] = Field(None, ge=1)
     learning_rate: Union[float, None] = Field(None, gt=0.0)  # null: 2e-4 for lora, 5e-5 for full
     epochs: Union[float, Literal["auto"]] = 3.0  # auto: until the dev score stops improving
     max_epochs: int = Field(8, ge=1)  # epochs: auto stops here at the latest
@@ -160,6 +163,12 @@ class TrainConfig(Strict):
     share_prefix: bool = True
     kd: Union[KDConfig, None] = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _trainable_layers_need_full(self) -> "TrainConfig":
+        if self.trainable_layers is not None and self.method != "full":
+            raise ValueError("trainable_layers is for method: full (LoRA trains adapters, not blocks)")
+        return self
 
 
 class QuantizeConfig(Strict):

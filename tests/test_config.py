@@ -153,3 +153,12 @@ def test_section_hash_depends_only_on_named_sections(recipe_file):
     b = load_recipe(recipe_file, ["gates.min_retention=0.5"])
     assert a.section_hash("train") == b.section_hash("train")
     assert a.section_hash("gates") != b.section_hash("gates")
+
+
+def test_trainable_layers_are_refused_for_lora(tmp_path):
+    path = write_recipe(tmp_path, train={"method": "lora", "trainable_layers": 4})
+    with pytest.raises(ConfigError) as e:
+        load_recipe(path)
+    assert "trainable_layers" in str(e.value) and "full" in str(e.value)
+    assert load_recipe(write_recipe(tmp_path / "full", train={"method": "full", "trainable_layers": 4})
+                       ).train.trainable_layers == 4

@@ -352,6 +352,30 @@ def test_full_fine_tune_writes_a_model_and_merge_takes_it(tmp_path, tiny_model_d
     assert run.stage_entry("merge")["metrics"]["max_abs_logit_diff"] == 0.0
 
 
+def test_trainable_layers_freeze_the_embeddings_and_the_blocks_below(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from edgedistill.train.finetune import train
+
+    run = make_run(tmp_path, tiny_model_dir, max_steps=4, method="full", learning_rate=1e-3,
+                   precision="fp32", trainable_layers=1)  # the tiny model has 2 blocks
+    train(run)
+    trained = load_file(run.finetuned_dir / "model.safetensors")
+    base = load_file(tiny_model_dir / "model.safetensors")
+    moved = {k for k in base if not torch_equal(base[k], trained[k])}
+    frozen = {k for k in base if k.startswith(("model.embed_tokens.", "model.layers.0."))}
+    assert frozen and not moved & frozen
+    assert {k for k in base if k.startswith("model.layers.1.")} <= moved
+    assert {"model.norm.weight", "lm_head.weight"} <= moved  # what follows the last block trains
+    m = run.stage_entry("train")["metrics"]
+    assert m["trainable_parameters"] == sum(base[k].numel() for k in base if k not in frozen)
+
+    too_many = make_run(tmp_path / "more", tiny_model_dir, max_steps=1, method="full",
+                        precision="fp32", trainable_layers=3)
+    with pytest.raises(ConfigError, match="has 2 blocks"):
+        train(too_many)
+
+
 def test_lora_covers_every_linear_projection_by_default(tmp_path, tiny_model_dir):
     from edgedistill.train.finetune import train
 

@@ -127,6 +127,8 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
     model.config.use_cache = False
     if cfg.method == "lora":
         model = _with_lora(model, cfg, base)
+    elif cfg.trainable_layers is not None:
+        _freeze_below(model, cfg.trainable_layers, base)
     lr = cfg.learning_rate or LEARNING_RATE[cfg.method]
     auto = cfg.epochs == "auto"
     select = cfg.select if dev_set or cfg.select == "last" else "last"
@@ -205,6 +207,27 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         "shared_prefix": trainer.prefix_stats if trainer.asked_to_share_prefix else None,
         "kd": kd, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _freeze_below(model, trainable: int, base: str) -> None:
+    """Only the last ``trainable`` transformer blocks and what follows them (final norm, an untied
+    LM head) keep requires_grad; the token embeddings (a tied LM head with them) and the blocks
+    below are frozen, so backward never reaches them."""
+    from edgedistill.errors import ConfigError
+
+    blocks = getattr(model.get_decoder(), "layers", None)
+    if blocks is None:
+        raise ConfigError(f"train.trainable_layers: {base} keeps its transformer blocks in no "
+                          f"`layers` list this option knows.", hint="Leave it null (every weight trains).")
+    if trainable > len(blocks):
+        raise ConfigError(f"train.trainable_layers={trainable}, but {base} has {len(blocks)} blocks.",
+                          hint=f"At most {len(blocks)}, or null for every weight.")
+    frozen = [model.get_input_embeddings(), *blocks[:len(blocks) - trainable]]
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad_(False)
+    log.info("train.trainable_layers: the last %d of %d blocks train; the embeddings and %d blocks are frozen",
+             trainable, len(blocks), len(blocks) - trainable)
 
 
 def _with_lora(model, cfg, base: str):
