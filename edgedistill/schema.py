@@ -90,7 +90,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             lines.append(f"  {dotted}: {e['msg']}")
         else:
             shown = e.get("input")
-            shown = repr(shown) if not isinstance(shown, (dict, list)) else type(shown).__name__
+            if isinstance(shown, dict):  # a whole section (a check across its keys): the message says it
+                lines.append(f"  {dotted}: {e['msg']}")
+                continue
+            shown = repr(shown) if not isinstance(shown, list) else "list"
             lines.append(f"  {dotted}: {e['msg']} (got {shown})")
     return "\n".join(lines)
 

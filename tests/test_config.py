@@ -160,5 +160,6 @@ def test_trainable_layers_are_refused_for_lora(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_recipe(path)
     assert "trainable_layers" in str(e.value) and "full" in str(e.value)
+    assert "got dict" not in str(e.value)  # the section as a whole is not echoed back
     assert load_recipe(write_recipe(tmp_path / "full", train={"method": "full", "trainable_layers": 4})
                        ).train.trainable_layers == 4
