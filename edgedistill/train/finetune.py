@@ -36,7 +36,7 @@ from typing import Any
 
 from edgedistill.train.collate import Collator, count_tokens, encode_example
 from edgedistill.data import read_jsonl
-from edgedistill.errors import DataError
+from edgedistill.errors import ConfigError, DataError
 from edgedistill.rundir import Run, digest
 from edgedistill.train.student import load_tokenizer, student_path
 
@@ -213,8 +213,6 @@ def _freeze_below(model, trainable: int, base: str) -> None:
     """Only the last ``trainable`` transformer blocks and what follows them (final norm, an untied
     LM head) keep requires_grad; the token embeddings (a tied LM head with them) and the blocks
     below are frozen, so backward never reaches them."""
-    from edgedistill.errors import ConfigError
-
     blocks = getattr(model.get_decoder(), "layers", None)
     if blocks is None:
         raise ConfigError(f"train.trainable_layers: {base} keeps its transformer blocks in no "
@@ -239,7 +237,6 @@ def _with_lora(model, cfg, base: str):
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        from edgedistill.errors import ConfigError
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                         if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"train.lora.target_modules does not fit {base}: {e}",
