@@ -58,21 +58,27 @@ OPPOSITES = {"hot": "cold", "up": "down", "big": "small", "fast": "slow", "early
 
 KINDS = ("add", "sub", "mul", "capital", "first", "last", "length", "opposite", "larger")
 TRAIN_KINDS = ("add", "sub", "mul", "larger:70")  # kind[:most]
+# the operands of each arithmetic question (scripts/probe_arithmetic.py draws fresh ones from them)
+OPERANDS = {
+    "add": lambda rng: (rng.randint(2, 60), rng.randint(2, 60)),
+    "sub": lambda rng: (rng.randint(20, 99), rng.randint(1, 19)),
+    "mul": lambda rng: (rng.randint(2, 12), rng.randint(2, 12)),
+}
 
 
 def make(rng: random.Random, n: int) -> list[dict]:
     makers = []
 
     def add():
-        a, b = rng.randint(2, 60), rng.randint(2, 60)
+        a, b = OPERANDS["add"](rng)
         return f"What is {a} + {b}?", str(a + b)
 
     def sub():
-        a, b = rng.randint(20, 99), rng.randint(1, 19)
+        a, b = OPERANDS["sub"](rng)
         return f"What is {a} - {b}?", str(a - b)
 
     def mul():
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        a, b = OPERANDS["mul"](rng)
         return f"What is {a} times {b}?", str(a * b)
 
     def capital():

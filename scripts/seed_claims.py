@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 
-def _teacher_gguf(run) -> Path:
+def teacher_gguf(run) -> Path:
     from edgedistill import models
 
     ref = run.recipe.teacher.model
@@ -68,7 +68,7 @@ def main() -> None:
         raise SystemExit(f"{run.root} has no eval summary; run `edgedistill eval {run.root}` first")
     rungs = summary["rungs"]
     teacher_score = rungs[TEACHER]["score"]
-    models = [{"id": "teacher", "format": "gguf", "path": str(_teacher_gguf(run))}]
+    models = [{"id": "teacher", "format": "gguf", "path": str(teacher_gguf(run))}]
     models += [{"id": x["id"], "format": x["format"], "path": str(x["path"])}
                for x in list_artifacts(run) or [] if x["format"] in KIND_OF_FORMAT]
     settings = {"prompt_tokens": a.prompt_tokens, "generate_tokens": a.generate_tokens,
