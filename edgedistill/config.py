@@ -183,7 +183,7 @@ class QuantizeConfig(Strict):
     # (SmolLM2's 576) q4_k_m holds mostly Q5_0, whose CPU kernels are slower than IQ4_NL's:
     # {"ffn_(gate|up)|attn_(q|k|output)": iq4_nl, attn_v: q8_0} is 4-bit where that q4_k_m is
     # 5-bit: faster and smaller, for a larger KL divergence; {"ffn_down|attn_v": q8_0,
-    # token_embd: q5_0} is as large, for about half of it (profiles/demo.yaml says how much)
+    # token_embd: q5_0} is as large, for less of it (profiles/demo.yaml says how much)
     gguf_tensor_types: dict[str, str] = {}
     ortgenai: list[Literal["fp32", "int4"]] = ["int4"]
     # must tile the hidden and intermediate sizes an even number of times (576 and 1536: 16 or 32)
