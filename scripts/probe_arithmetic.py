@@ -5,7 +5,8 @@
 
 The demo's eval split holds 17 sums and 12 differences, so one question moves a kind's score by 6
 to 8 points and two runs' scores on them can hardly be told apart. This asks the teacher GGUF (the
-first RUN's teacher.model) and every GGUF artifact of each RUN the same fresh questions: N sums and
+first RUN's teacher.model) and every artifact of each RUN (GGUF, ORT GenAI, ONNX; ``--formats``
+narrows them) the same fresh questions: N sums and
 N differences in scripts/make_demo_data.py's wording and operand ranges, and N/2 of each in the
 rephrased set's wordings. No question shares its pair of numbers with a question of the demo's
 files or of any RUN's data (train, eval, rejected): none was trained on, none is the eval split's.
@@ -95,11 +96,11 @@ def summarize(scores: list[float], kinds: list[str], teacher: list[float] | None
     return out
 
 
-def ask(path: Path, recs: list[dict], max_new_tokens: int) -> list[str]:
-    """The GGUF's greedy replies to every question (one load, llama.cpp's batched decoding)."""
+def ask(kind: str, path: Path, recs: list[dict], max_new_tokens: int) -> list[str]:
+    """The model's greedy replies to every question (one load, the runtime's batched decoding)."""
     from edgedistill import runtimes
 
-    with runtimes.load("gguf", path) as rt:
+    with runtimes.load(kind, path) as rt:
         return [g.text for g in rt.generate_batch([r["messages"] for r in recs], max_new_tokens)]
 
 
@@ -118,6 +119,7 @@ def probe() -> None:
     ap.add_argument("runs", nargs="+", help="run directories after export (their GGUF artifacts)")
     ap.add_argument("--n", type=int, default=200, help="sums and differences each (half as many reworded)")
     ap.add_argument("--seed", type=int, default=99)
+    ap.add_argument("--formats", default="gguf,ortgenai,onnx", help="the artifact formats asked")
     a = ap.parse_args()
 
     from edgedistill.artifacts import list_artifacts
@@ -135,12 +137,13 @@ def probe() -> None:
     recs = questions(a.n, a.seed, seen, first.teacher.system_prompt)
     kinds = [r["kind"] for r in recs]
 
-    models = [("teacher", teacher_gguf(runs[0]))]
-    models += [(f"{r.root.name}/{x['id']}", x["path"])
-               for r in runs for x in list_artifacts(r) if x["format"] == "gguf"]
+    formats = a.formats.split(",")
+    models = [("teacher", "gguf", teacher_gguf(runs[0]))]
+    models += [(f"{r.root.name}/{x['id']}", x["format"], x["path"])
+               for r in runs for x in list_artifacts(r) if x["format"] in formats]
     rows, teacher = {}, None
-    for name, path in models:
-        replies = ask(Path(path), recs, first.eval.max_new_tokens)
+    for name, kind, path in models:
+        replies = ask(kind, Path(path), recs, first.eval.max_new_tokens)
         scores = [score_example(first.task, p, r["answer"], record=r)["score"] for p, r in zip(replies, recs)]
         rows[name] = summarize(scores, kinds, None if teacher is None else teacher)
         teacher = scores if teacher is None else teacher
@@ -160,7 +163,7 @@ def probe() -> None:
         ci = r["all"].get("retention_ci95") or [None, None]
         kept_s = f"{kept:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if kept is not None and None not in ci else ""
         print(f"{name:<{width}}  " + "  ".join(f"{cell(r[c]):<20}" for c in COLUMNS) + f"  {kept_s}")
-    print(json.dumps({"n": a.n, "seed": a.seed, "teacher": str(models[0][1]), "models": rows}))
+    print(json.dumps({"n": a.n, "seed": a.seed, "teacher": str(models[0][2]), "models": rows}))
 
 
 if __name__ == "__main__":

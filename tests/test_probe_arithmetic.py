@@ -90,26 +90,30 @@ def test_summary_gives_intervals_and_the_share_of_the_teacher_kept():
     assert "retention" not in probe.summarize(teacher, kinds, None)["all"]
 
 
-def test_the_script_asks_the_teacher_and_every_gguf_of_a_run(tmp_path, tiny_model_dir, tiny_gguf):
+def test_the_script_asks_the_teacher_and_every_artifact_of_a_run(tmp_path, tiny_model_dir, tiny_gguf):
     recipe = load_recipe(write_recipe(
         tmp_path / "recipe", teacher={"model": str(tiny_gguf)}, eval={"max_new_tokens": 4},
-        export={"formats": ["gguf"], "parity_prompts": 1, "parity_max_new_tokens": 4,
+        export={"formats": ["ortgenai", "gguf"], "parity_prompts": 1, "parity_max_new_tokens": 4,
                 "quantize": {"onnx": [], "gguf": ["q8_0"], "ortgenai": []}}))
     run = Run.create(tmp_path / "run", recipe)
     with run.begin("merge") as stage:
         shutil.copytree(tiny_model_dir, stage.output(run.merged_dir))
     export(run)
     quantize(run)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_arithmetic.py"), str(run.root),
-                           "--n", "4"], capture_output=True, text=True, check=False)
+    script = [sys.executable, str(ROOT / "scripts" / "probe_arithmetic.py"), str(run.root), "--n", "4"]
+    proc = subprocess.run(script, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["teacher"] == str(tiny_gguf) and out["n"] == 4
-    assert list(out["models"]) == ["teacher", "run/gguf-f16", "run/gguf-q8_0"]
+    assert sorted(out["models"]) == ["run/gguf-f16", "run/gguf-q8_0", "run/ortgenai-fp32", "teacher"]
     for row in out["models"].values():
         assert {c: row[c]["n"] for c in probe.COLUMNS} == {"add": 4, "sub": 4, "add-reworded": 2, "sub-reworded": 2}
         assert row["all"]["n"] == 12 and 0.0 <= row["all"]["score"] <= 1.0
     assert "run/gguf-q8_0" in proc.stdout and "sub-reworded" in proc.stdout
+    # every model asked the same questions: the merged student's exports answer alike
+    assert out["models"]["run/ortgenai-fp32"]["all"]["score"] == out["models"]["run/gguf-f16"]["all"]["score"]
+    only = subprocess.run([*script, "--formats", "gguf"], capture_output=True, text=True, check=False)
+    assert only.returncode == 0 and "ortgenai" not in only.stdout.splitlines()[-1]
     # not a run: a one-line error, exit 2, no traceback
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_arithmetic.py"), str(tmp_path / "nope")],
                          capture_output=True, text=True, check=False)
