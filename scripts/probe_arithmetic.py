@@ -116,7 +116,7 @@ def main() -> None:
 
 def probe() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run directories after export (their GGUF artifacts)")
+    ap.add_argument("runs", nargs="+", help="run directories after export")
     ap.add_argument("--n", type=int, default=200, help="sums and differences each (half as many reworded)")
     ap.add_argument("--seed", type=int, default=99)
     ap.add_argument("--formats", default="gguf,ortgenai,onnx", help="the artifact formats asked")
@@ -138,14 +138,17 @@ def probe() -> None:
     kinds = [r["kind"] for r in recs]
 
     formats = a.formats.split(",")
+    labels = [r.root.name for r in runs]
+    if len(set(labels)) < len(labels):  # runs/a/demo and runs/b/demo: name them by their paths
+        labels = [str(r.root) for r in runs]
     models = [("teacher", "gguf", teacher_gguf(runs[0]))]
-    models += [(f"{r.root.name}/{x['id']}", x["format"], x["path"])
-               for r in runs for x in list_artifacts(r) if x["format"] in formats]
+    models += [(f"{label}/{x['id']}", x["format"], x["path"])
+               for label, r in zip(labels, runs) for x in list_artifacts(r) if x["format"] in formats]
     rows, teacher = {}, None
     for name, kind, path in models:
         replies = ask(kind, Path(path), recs, first.eval.max_new_tokens)
         scores = [score_example(first.task, p, r["answer"], record=r)["score"] for p, r in zip(replies, recs)]
-        rows[name] = summarize(scores, kinds, None if teacher is None else teacher)
+        rows[name] = summarize(scores, kinds, teacher)
         teacher = scores if teacher is None else teacher
         cells = " ".join(f"{c}: {rows[name][c]['score']:.3f}" for c in COLUMNS)
         print(f"{name}: {cells}", file=sys.stderr, flush=True)

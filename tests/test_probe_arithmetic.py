@@ -114,6 +114,14 @@ def test_the_script_asks_the_teacher_and_every_artifact_of_a_run(tmp_path, tiny_
     assert out["models"]["run/ortgenai-fp32"]["all"]["score"] == out["models"]["run/gguf-f16"]["all"]["score"]
     only = subprocess.run([*script, "--formats", "gguf"], capture_output=True, text=True, check=False)
     assert only.returncode == 0 and "ortgenai" not in only.stdout.splitlines()[-1]
+    # two runs of the same name are told apart by their paths, not merged into one row
+    twin = tmp_path / "other" / "run"
+    shutil.copytree(run.root, twin)
+    both = subprocess.run([*script[:3], str(twin), "--n", "2", "--formats", "gguf"],
+                          capture_output=True, text=True, check=False)
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert sorted(json.loads(both.stdout.strip().splitlines()[-1])["models"]) == sorted(
+        ["teacher", *(f"{root}/gguf-{p}" for root in (run.root, twin) for p in ("f16", "q8_0"))])
     # not a run: a one-line error, exit 2, no traceback
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_arithmetic.py"), str(tmp_path / "nope")],
                          capture_output=True, text=True, check=False)
