@@ -39,6 +39,7 @@ SYSTEM = "Reply with the answer only."
 def _from_demo_run(src: Run, root: Path) -> Run:
     recipe = src.recipe.model_copy(deep=True)
     recipe.export.quantize = recipe.export.quantize.model_copy(update=QUANTIZE)
+    recipe.export.formats = ["onnx", "ortgenai", "gguf"]  # the demo exports no plain ONNX
     run = Run.create(root / "run", recipe)
     run.data_dir.mkdir(parents=True, exist_ok=True)
     for p in (src.train_data, src.eval_data):
