@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import random
 import re
 import sys
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import make_demo_data as demo  # noqa: E402
 
 WORDINGS = {"add": "What is {a} + {b}?", "sub": "What is {a} - {b}?"}
-RESULT = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b}
+RESULT = {"add": operator.add, "sub": operator.sub}
 COLUMNS = ("add", "sub", "add-reworded", "sub-reworded")
 
 
@@ -44,11 +45,10 @@ def numbers_of(text: str) -> tuple[int, ...]:
 
 def prompts_in(path: Path) -> list[str]:
     """The questions of a JSONL file the demo or a run writes (a ``prompt``, or the user turn)."""
+    from edgedistill.data import read_jsonl  # a broken line: DataError with the file and line
+
     out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for rec in read_jsonl(path):
         if "prompt" in rec:
             out.append(rec["prompt"])
         out += [m["content"] for m in rec.get("messages") or [] if m.get("role") == "user"]
@@ -69,11 +69,12 @@ def questions(n: int, seed: int, seen: set[tuple[int, ...]], system_prompt: str 
             for i in range(count):
                 for _ in range(100_000):
                     a, b = demo.OPERANDS[kind](rng)
-                    if numbers_of(f"{a} {b}") not in taken:
+                    pair = tuple(sorted((a, b)))
+                    if pair not in taken:
                         break
                 else:
                     raise DataError(f"fewer than {count} new pairs of numbers for {column}: lower --n")
-                taken.add(numbers_of(f"{a} {b}"))
+                taken.add(pair)
                 q = rng.choice(wordings).format(a=a, b=b)
                 out.append({"id": f"{column}-{i:04d}", "kind": column, "answer": str(RESULT[kind](a, b)),
                             "messages": [*system, {"role": "user", "content": q}]})
@@ -96,14 +97,6 @@ def summarize(scores: list[float], kinds: list[str], teacher: list[float] | None
     return out
 
 
-def ask(kind: str, path: Path, recs: list[dict], max_new_tokens: int) -> list[str]:
-    """The model's greedy replies to every question (one load, the runtime's batched decoding)."""
-    from edgedistill import runtimes
-
-    with runtimes.load(kind, path) as rt:
-        return [g.text for g in rt.generate_batch([r["messages"] for r in recs], max_new_tokens)]
-
-
 def main() -> None:
     from edgedistill.errors import EdgeDistillError
 
@@ -123,6 +116,7 @@ def probe() -> None:
     a = ap.parse_args()
 
     from edgedistill.artifacts import list_artifacts
+    from edgedistill.evaluate.ladder import _generate_all  # the eval stage's: one load, batched
     from edgedistill.evaluate.metrics import score_example
     from edgedistill.rundir import Run
     from seed_claims import teacher_gguf
@@ -146,7 +140,7 @@ def probe() -> None:
                for label, r in zip(labels, runs) for x in list_artifacts(r) if x["format"] in formats]
     rows, teacher = {}, None
     for name, kind, path in models:
-        replies = ask(kind, Path(path), recs, first.eval.max_new_tokens)
+        replies = [o["prediction"] for o in _generate_all(kind, Path(path), recs, first.eval.max_new_tokens, name)]
         scores = [score_example(first.task, p, r["answer"], record=r)["score"] for p, r in zip(replies, recs)]
         rows[name] = summarize(scores, kinds, teacher)
         teacher = scores if teacher is None else teacher

@@ -69,6 +69,9 @@ def test_a_pair_asked_in_either_order_or_wording_counts_as_seen(tmp_path):
     assert probe.prompts_in(f) == ["Find the total of 12 and 30.", "What is 45 - 7?"]
     seen = {probe.numbers_of(q) for q in probe.prompts_in(f)}
     assert seen == {(12, 30), (7, 45)}
+    f.write_text(f.read_text() + '{"prompt": "What is 1 + 2?"\n')
+    with pytest.raises(DataError, match="line 4: not valid JSON"):
+        probe.prompts_in(f)
     # every sum pair but one taken: the probe must ask exactly the one left, and then give up
     every = {tuple(sorted((a, b))) for a in range(2, 61) for b in range(2, 61)}
     left = (17, 33)
