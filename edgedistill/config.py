@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -191,6 +191,15 @@ class QuantizeConfig(Strict):
     # ORT GenAI int4's LM head (which a tied embedding also reads): int8 keeps more of the merged
     # student, int4 makes a smaller package (scripts/bench_quant.py --set compares them)
     int4_lm_head: Literal["int8", "int4"] = "int8"
+    # per-MatMul bits of ONNX and ORT GenAI int4, as gguf_tensor_types: a pattern (a regular
+    # expression searched in the MatMul node's name: qkv_proj, mlp/down_proj, layers\.0/) -> int8
+    # or int4; the first that matches wins over the mix (the first and last eighth of the layers
+    # and every third between keep the attention value (ORT GenAI: fused qkv) and FFN down
+    # projections at 8 bits, llama.cpp's Q4_K_M choice); the LM head follows int4_lm_head. ORT
+    # GenAI's model builder takes no such list: with it, its rtn and k_quant go through the
+    # ONNX quantizer over the fp32 package too. The demo's {qkv_proj: int8} with an int4 head
+    # makes a smaller package for as little loss (profiles/demo.yaml says how much)
+    int4_matmul_types: dict[str, Literal["int8", "int4"]] = {}
     # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one model run per
     # calibration window, its Hessians from every MatMul input, edgedistill.formats.gptq); rtn and
     # k_quant need none (k_quant: better, ~4x slower)
@@ -206,17 +215,19 @@ class QuantizeConfig(Strict):
     # model). Demo student, int4 answer KLD: 0.035 at 256 tokens, 0.022 at 1024 (measured).
     gptq_max_tokens: int = Field(1024, ge=16)
 
-    @field_validator("gguf_tensor_types")
+    @field_validator("gguf_tensor_types", "int4_matmul_types", mode="before")
     @classmethod
-    def _tensor_patterns(cls, v: dict[str, str]) -> dict[str, str]:
+    def _tensor_patterns(cls, v: Any) -> Any:
         import re
 
+        if not isinstance(v, dict):
+            return v
         for pattern in v:
             try:
-                re.compile(pattern)
+                re.compile(str(pattern))
             except re.error as e:
                 raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
-        return {p: t.strip().lower() for p, t in v.items()}
+        return {p: t.strip().lower() if isinstance(t, str) else t for p, t in v.items()}
 
     @field_validator("calibration")
     @classmethod

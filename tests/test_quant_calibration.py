@@ -678,6 +678,73 @@ def test_gguf_tensor_types_are_checked_before_anything_is_written(tmp_path, tiny
         gguf_variant(run2, "q4_0", tmp_path / "y.gguf", None)
 
 
+def test_int4_matmul_types_set_each_matmuls_bits_first_pattern_first(tmp_path, cal_run):
+    """export.quantize.int4_matmul_types over the sensitive-layer mix: the first pattern a MatMul's
+    node name matches decides its bits (int4 can take a sensitive one down), the rest keep the
+    mix, and the LM head follows int4_lm_head alone."""
+    import onnx
+
+    from edgedistill.formats import onnx as onnx_format
+
+    types = {r"layers\.1/mlp/down_proj": "int8", "mlp/down_proj": "int4", "v_proj": "int8",
+             "lm_head": "int8"}
+    out = tmp_path / "model_int4.onnx"
+    onnx_format.quantize(cal_run.onnx_dir / "model.onnx", out, "int4", 32, "rtn",
+                         model_dir=cal_run.merged_dir, types=types)
+    bits = {n.name.rsplit("/", 1)[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"}
+    assert bits["/model/layers.0/mlp/down_proj"] == 4  # sensitive, taken down by the second pattern
+    assert bits["/model/layers.1/mlp/down_proj"] == 8
+    assert bits["/model/layers.0/self_attn/v_proj"] == bits["/model/layers.1/self_attn/v_proj"] == 8
+    assert bits["/lm_head"] == 4  # last_matmul False: a pattern does not move the head
+    assert {b for name, b in bits.items() if "v_proj" not in name and name != "/model/layers.1/mlp/down_proj"} == {4}
+
+
+def test_ortgenai_int4_with_matmul_types_goes_through_the_onnx_quantizer(tmp_path, tiny_model_dir):
+    """The model builder takes no per-MatMul list: with int4_matmul_types, ORT GenAI's data-free
+    int4 is made over the fp32 package by the ONNX quantizer, with the types, the 4-bit head and
+    the tied embedding reading it; the artifact records both settings, the package generates in
+    ORT GenAI, and both settings are part of what the quantize job depends on."""
+    import onnx
+
+    from edgedistill.formats.quantize import Context, quantize_jobs
+
+    kw = dict(calibration="none", onnx=[], gguf=[], ortgenai=["int4"], algo="k_quant")
+    types = {"qkv_proj": "INT8", "down_proj": "int4"}  # both of the tiny model's layers are sensitive
+    run = make_run(tmp_path, tiny_model_dir, int4_lm_head="int4", int4_matmul_types=types, **kw)
+    export(run, formats=["ortgenai"])
+    quantize(run)
+    art = arts(run)["ortgenai-int4"]
+    assert art["algo"] == "k_quant" and art["lm_head"] == "int4"
+    assert art["matmul_type_overrides"] == {"qkv_proj": "int8", "down_proj": "int4"}
+    graph = onnx.load(str(Path(art["path"]) / "model.onnx")).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    qkv = {n: b for n, b in bits.items() if "qkv_proj" in n}
+    assert len(qkv) == 2 and set(qkv.values()) == {8}
+    assert {b for n, b in bits.items() if "qkv_proj" not in n} == {4}  # the down projections too
+    assert not (run.logs_dir / "ortgenai-int4.log").exists()  # the builder never ran
+    with runtimes.load("ortgenai", art["path"]) as rt:
+        assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
+
+    def job_settings(r):
+        return next(s for name, _, s, _ in quantize_jobs(r, None, [], Context(r, None))
+                    if name == "quantize:ortgenai-int4")
+
+    plain = make_run(tmp_path / "plain", tiny_model_dir, **kw)
+    assert job_settings(run)["matmul_type_overrides"] == {"qkv_proj": "int8", "down_proj": "int4"}
+    assert job_settings(run)["lm_head"] == "int4"
+    assert "matmul_type_overrides" not in job_settings(plain) and "lm_head" not in job_settings(plain)
+
+
+def test_int4_matmul_types_are_checked_when_the_recipe_loads(tmp_path):
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        load_recipe(write_recipe(tmp_path / "a", export={"quantize": {"int4_matmul_types": {"qkv_(": "int8"}}}))
+    with pytest.raises(ConfigError, match="int4_matmul_types") as e:
+        load_recipe(write_recipe(tmp_path / "b", export={"quantize": {"int4_matmul_types": {"qkv": "int3"}}}))
+    assert "int8" in str(e.value) + str(e.value.hint)
+
+
 def test_a_calibrated_candidate_is_kept_only_when_measurably_closer():
     """The quantize stage's choice between two builds measured on the same eval chats: a lower
     answer KLD inside the paired noise keeps the uncalibrated one; a lower one on every chat

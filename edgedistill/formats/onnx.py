@@ -61,17 +61,27 @@ def model_config(model_dir: Path) -> dict:
 
 _SENSITIVE = re.compile(r"/model/layers\.(\d+)/(self_attn/v_proj|attn/v_proj|attn/qkv_proj|mlp/down_proj)"
                         r"/MatMul$")
+_LM_HEAD = "/lm_head/MatMul"
 
 
-def sensitive_nodes(model: "onnx.ModelProto", n_layers: int, last_matmul: bool) -> list[str]:
+def sensitive_nodes(model: "onnx.ModelProto", n_layers: int, last_matmul: bool,
+                    types: dict[str, str] | None = None) -> list[str]:
     """The same choice in any graph that names its nodes as optimum or ORT GenAI's builder do
     (the builder fuses q, k and v into qkv_proj), plus the LM head when ``last_matmul`` (as the
-    builder's ``last_matmul:int8``)."""
+    builder's ``last_matmul:int8``). ``types`` (``export.quantize.int4_matmul_types``): a pattern
+    searched in a body MatMul's node name -> int8 or int4; the first that matches decides that
+    MatMul over the layer choice (the LM head follows ``last_matmul`` alone)."""
     layers = set(sensitive_layers(n_layers))
-    out = [n.name for n in model.graph.node if n.op_type == "MatMul"
-           and (m := _SENSITIVE.search(n.name)) and int(m.group(1)) in layers]
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or n.name == _LM_HEAD:
+            continue
+        bits = next((b for p, b in (types or {}).items() if re.search(p, n.name)), None)
+        if bits == "int8" or (bits is None and (m := _SENSITIVE.search(n.name))
+                              and int(m.group(1)) in layers):
+            out.append(n.name)
     if last_matmul:
-        out += [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name == "/lm_head/MatMul"]
+        out += [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name == _LM_HEAD]
     return out
 
 
@@ -102,7 +112,7 @@ def check_block_size(model_dir: Path, block_size: int) -> None:
 
 def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: str = "rtn",
              calibration: list[list[int]] | None = None, model_dir: Path | None = None,
-             last_matmul: bool = False) -> None:
+             last_matmul: bool = False, types: dict[str, str] | None = None) -> None:
     """model.onnx → dst, weight-only with onnxruntime's MatMulNBits quantizer (activations stay
     float, so accuracy holds where dynamic int8 lost most of it on a 135M student):
 
@@ -111,7 +121,7 @@ def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: s
       Q4_K_M mix; all-4-bit lost half the demo student's exact-match score). ``algo``: rtn
       (round-to-nearest, 10 s on the demo student), k_quant (43 s, same score there), or gptq
       over the ``calibration`` token sequences (one full forward over them per distinct MatMul
-      input: ~4 per layer).
+      input: ~4 per layer). ``types``: per-MatMul bits over that mix (:func:`sensitive_nodes`).
 
     ``model_dir``: where config.json is (the layer count and KV shapes; default src's folder).
     A quantized model over 2 GB keeps its weights as external data beside dst."""
@@ -135,7 +145,7 @@ def quantize(src: Path, dst: Path, precision: str, block_size: int = 32, algo: s
             out = quant.model
         else:
             n_layers = int(model_config(model_dir).get("num_hidden_layers") or 0)
-            sensitive = sensitive_nodes(model, n_layers, last_matmul)
+            sensitive = sensitive_nodes(model, n_layers, last_matmul, types)
             if algo == "gptq":
                 if not calibration:
                     raise ArtifactError("ONNX: GPTQ needs calibration sequences and got none.")

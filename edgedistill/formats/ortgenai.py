@@ -55,7 +55,7 @@ def start_build(merged: Path, out_dir: Path, precision: str, cache: Path, log_fi
                 block_size: int = 32, algo: str = "k_quant", lm_head: str = "int8") -> Building:
     """HF directory → ORT GenAI package (genai_config.json, model.onnx, tokenizer) in out_dir, by
     the model builder in a process of its own. int4 with ``algo`` rtn or k_quant is the builder's
-    own; GPTQ is :func:`quantize_package` over an fp32 package."""
+    own; GPTQ (and any per-MatMul mix) is :func:`quantize_package` over an fp32 package."""
     arch = (json.loads((merged / "config.json").read_text()).get("architectures") or ["?"])[0]
     supported = supported_architectures()
     if arch not in supported:
@@ -87,23 +87,25 @@ def build(merged: Path, out_dir: Path, precision: str, cache: Path, log_file: Pa
         raise
 
 
-def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]],
-                     lm_head: str = "int8") -> None:
-    """An fp32 package → int4 in place: its model.onnx through ONNX's GPTQ path with the builder's
-    own mix (the sensitive layers' qkv/v/down projections at 8 bits, and the LM head at ``lm_head``
-    bits), calibrated on ``calibration``; genai_config.json still names model.onnx, with the
-    graph's own input names."""
+def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list[list[int]] | None,
+                     lm_head: str = "int8", algo: str = "gptq",
+                     types: dict[str, str] | None = None) -> None:
+    """An fp32 package → int4 in place: its model.onnx through the ONNX int4 path (``algo`` gptq,
+    calibrated on ``calibration``, or rtn/k_quant without data) with the builder's own mix (the
+    sensitive layers' qkv/down projections at 8 bits, and the LM head at ``lm_head`` bits) and
+    ``types`` over it (``export.quantize.int4_matmul_types``); genai_config.json still names
+    model.onnx, with the graph's own input names."""
     from edgedistill.formats import onnx as onnx_format
 
     src, tmp = pkg / "model.onnx", pkg / "model.int4.onnx"
-    onnx_format.quantize(src, tmp, "int4", block_size, "gptq", calibration, model_dir=merged,
-                         last_matmul=lm_head == "int8")
+    onnx_format.quantize(src, tmp, "int4", block_size, algo, calibration, model_dir=merged,
+                         last_matmul=lm_head == "int8", types=types)
     for p in list(pkg.iterdir()):
         if p.name.startswith("model.onnx"):
             p.unlink()
     share_tied_embedding(tmp)
     tmp.replace(src)  # a model over 2 GB keeps model.int4.onnx.data, the name its graph gives
-    log.info("ORT GenAI int4 (GPTQ) package in %s", pkg)
+    log.info("ORT GenAI int4 (%s) package in %s", algo, pkg)
 
 
 def share_tied_embedding(path: Path) -> bool:

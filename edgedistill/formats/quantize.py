@@ -239,8 +239,8 @@ def _quantize_onnx(ctx: Context, stage: Any, precision: str, calibrated: bool) -
             ids = ctx.samples().select_tokens(run.recipe.export.quantize.gptq_max_tokens) \
                 if a == "gptq" else None
             path = onnx_variant(run, precision, scratch, a or "rtn", ids)
-            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a} \
-                if precision == "int4" else {}
+            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a,
+                     **_matmul_types(run)} if precision == "int4" else {}
             return path, extra
         return go
 
@@ -265,13 +265,19 @@ def _quantize_ortgenai(ctx: Context, stage: Any, precision: str, calibrated: boo
                 if a == "gptq" else None
             pkg = scratch / precision
             started = start_ortgenai_variant(run, pkg, a, ids, run.logs_dir / f"ortgenai-{precision}.log")
-            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a}
+            extra = {"block_size": run.recipe.export.quantize.int4_block_size, "algo": a,
+                     "lm_head": run.recipe.export.quantize.int4_lm_head, **_matmul_types(run)}
             return Started(lambda: (pkg, {**started.result(), **extra}), started.cancel)
         return go
 
     cands = [("none", build("none"))] + ([(ctx.spec, build(ctx.spec))] if calibrated else [])
     scratch, path, extra = _keep(ctx, stage, "ortgenai", precision, cands)
     _finish(ctx, stage, "ortgenai", precision, scratch, path, extra, run.ortgenai_dir / precision)
+
+
+def _matmul_types(run: Run) -> dict[str, Any]:
+    types = run.recipe.export.quantize.int4_matmul_types
+    return {"matmul_type_overrides": dict(types)} if types else {}
 
 
 # --- the job list ----------------------------------------------------------------------------------
@@ -323,14 +329,17 @@ def quantize_jobs(run: Run, par: Checker, failures: list[str], ctx: Context | No
             inputs = [run.merged_dir, run.onnx_dir / "model.onnx", *loss_in, *extra_in]
             jobs.append((f"quantize:onnx-{p}", inputs,
                          settings(run, block_size=block if p == "int4" else None,
-                                  algo=q.algo if p == "int4" else None, **extra),
+                                  algo=q.algo if p == "int4" else None, **extra,
+                                  **(_matmul_types(run) if p == "int4" else {})),
                          lambda stage, p=p, c=bool(extra_in): _quantize_onnx(ctx, stage, p, c)))
     if "ortgenai" in exp.formats:
         for p in q.ortgenai:
             if p != FORMATS["ortgenai"].full_precision:  # fp32 is the export itself
                 extra_in, extra = calibrated(int4_cal, ctx.cal_file)
                 jobs.append((f"quantize:ortgenai-{p}", [run.merged_dir, *loss_in, *extra_in],
-                             settings(run, block_size=block, algo=q.algo, **extra),
+                             settings(run, block_size=block, algo=q.algo, **extra,
+                                      **({"lm_head": q.int4_lm_head} if q.int4_lm_head != "int8" else {}),
+                                      **_matmul_types(run)),
                              lambda stage, p=p, c=bool(extra_in): _quantize_ortgenai(ctx, stage, p, c)))
     for t in gguf_types:
         extra_in, extra = calibrated(t in gguf_cal, ctx.imatrix_file)

@@ -97,7 +97,7 @@ def onnx_variant(run: Any, precision: str, out_dir: Path, algo: str,
     if precision == "int4":
         onnx.check_block_size(run.merged_dir, q.int4_block_size)
     onnx.quantize(run.onnx_dir / "model.onnx", out_dir / name, precision, q.int4_block_size,
-                  algo, calibration, model_dir=run.merged_dir)
+                  algo, calibration, model_dir=run.merged_dir, types=q.int4_matmul_types)
     onnx.check(out_dir / name)
     for p in run.onnx_dir.iterdir():
         if p.is_file() and not p.name.startswith((".", "model")):
@@ -128,14 +128,15 @@ def start_ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list
                            log_file: Path) -> Started:
     """An int4 ORT GenAI package in ``out_dir`` (which must not exist). The model builder's own
     int4 (rtn, k_quant: one core) runs in a process of its own until :meth:`Started.result`;
-    GPTQ is made before this returns."""
+    GPTQ, and any int4 with per-MatMul types (``export.quantize.int4_matmul_types``, which the
+    builder cannot take), is made over the fp32 package before this returns."""
     from edgedistill.formats import onnx, ortgenai
 
     q = run.recipe.export.quantize
     onnx.check_block_size(run.merged_dir, q.int4_block_size)
     run.export_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix=".ortgenai-cache-", dir=run.export_dir))  # one per build
-    if algo != "gptq":
+    if algo != "gptq" and not q.int4_matmul_types:
         try:
             building = ortgenai.start_build(run.merged_dir, out_dir, "int4", cache, log_file,
                                             q.int4_block_size, algo, q.int4_lm_head)
@@ -164,9 +165,10 @@ def start_ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list
             ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file.with_suffix(".fp32.log"))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    if not calibration:
+    if algo == "gptq" and not calibration:
         raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
-    ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head)
+    ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head,
+                              algo, q.int4_matmul_types)
     extra = _fit_tokenizer(run, out_dir)
     return Started(lambda: extra)
 
