@@ -192,13 +192,14 @@ class QuantizeConfig(Strict):
     # student, int4 makes a smaller package (scripts/bench_quant.py --set compares them)
     int4_lm_head: Literal["int8", "int4"] = "int8"
     # per-MatMul bits of ONNX and ORT GenAI int4, as gguf_tensor_types: a pattern (a regular
-    # expression searched in the MatMul node's name: qkv_proj, mlp/down_proj, layers\.0/) -> int8
-    # or int4; the first that matches wins over the mix (the first and last eighth of the layers
-    # and every third between keep the attention value (ORT GenAI: fused qkv) and FFN down
-    # projections at 8 bits, llama.cpp's Q4_K_M choice); the LM head follows int4_lm_head. ORT
-    # GenAI's model builder takes no such list: with it, its rtn and k_quant go through the
-    # ONNX quantizer over the fp32 package too. The demo's {qkv_proj: int8} with an int4 head
-    # makes a smaller package for as little loss (profiles/demo.yaml says how much)
+    # expression searched in the MatMul node's name: qkv_proj (ORT GenAI fuses q, k and v;
+    # optimum's ONNX has q_proj, k_proj, v_proj), mlp/down_proj, layers\.0/) -> int8 or int4; the
+    # first that matches wins over the mix (the first and last eighth of the layers and every
+    # third between keep the attention value and FFN down projections at 8 bits, llama.cpp's
+    # Q4_K_M choice); the LM head follows int4_lm_head. ORT GenAI's model builder takes no such
+    # list: with one, its rtn and k_quant go through the ONNX quantizer over the fp32 package too.
+    # The demo's {qkv_proj: int8} with an int4 head makes a smaller package for as little loss
+    # (profiles/demo.yaml says how much)
     int4_matmul_types: dict[str, Literal["int8", "int4"]] = {}
     # int4 for ONNX and ORT GenAI: gptq uses the calibration data (slower: one model run per
     # calibration window, its Hessians from every MatMul input, edgedistill.formats.gptq); rtn and

@@ -21,8 +21,9 @@ prompt on every core (the bench's measurement, as ``scripts/seed_claims.py`` tak
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
 and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does
-(say ``export.quantize.int4_lm_head=int4``, or ``'export.quantize.gguf_tensor_types={}'`` for
-llama.cpp's own mix where the recipe sets one), so two invocations compare a setting. Prints a table
+(say ``export.quantize.int4_lm_head=int8`` with ``'export.quantize.int4_matmul_types={}'`` for the
+ORT GenAI builder's own mix, or ``'export.quantize.gguf_tensor_types={}'`` for llama.cpp's, where
+the recipe sets another), so two invocations compare a setting. Prints a table
 with ratios to the uncalibrated artifact and ends stdout with one JSON line.
 """
 
