@@ -723,7 +723,6 @@ def test_ortgenai_int4_with_matmul_types_goes_through_the_onnx_quantizer(tmp_pat
     qkv = {n: b for n, b in bits.items() if "qkv_proj" in n}
     assert len(qkv) == 2 and set(qkv.values()) == {8}
     assert {b for n, b in bits.items() if "qkv_proj" not in n} == {4}  # the down projections too
-    assert not (run.logs_dir / "ortgenai-int4.log").exists()  # the builder never ran
     with runtimes.load("ortgenai", art["path"]) as rt:
         assert rt.generate([SYSTEM, {"role": "user", "content": "What is 2 plus 5?"}], 4).token_ids
 
@@ -735,6 +734,21 @@ def test_ortgenai_int4_with_matmul_types_goes_through_the_onnx_quantizer(tmp_pat
     assert job_settings(run)["matmul_type_overrides"] == {"qkv_proj": "int8", "down_proj": "int4"}
     assert job_settings(run)["lm_head"] == "int4"
     assert "matmul_type_overrides" not in job_settings(plain) and "lm_head" not in job_settings(plain)
+
+
+def test_a_failed_background_quantizer_says_so_with_its_output(tmp_path):
+    """The data-free ORT GenAI candidate quantized in a process of its own: a failure is an
+    ArtifactError naming the quantizer, with the end of its log."""
+    from edgedistill.errors import ArtifactError
+    from edgedistill.formats.ortgenai import start_quantize_package
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    building = start_quantize_package(pkg, tmp_path / "merged", 32, "int8", "k_quant", {"qkv": "int8"},
+                                      tmp_path / "q.log")
+    with pytest.raises(ArtifactError, match="the ONNX quantizer failed") as e:
+        building.wait()
+    assert "q.log" in e.value.hint and "No such file or directory" in e.value.hint  # the child's error
 
 
 def test_int4_matmul_types_are_checked_when_the_recipe_loads(tmp_path):

@@ -28,20 +28,21 @@ def supported_architectures() -> list[str]:
 
 
 class Building:
-    """A model-builder run in its own process: :meth:`wait` until its package is there (raises
-    when the builder failed), :meth:`cancel` to stop it. The builder's k-quant works on one core,
-    so another candidate can be made meanwhile (quantize stage)."""
+    """A model-builder (or quantizer) run in its own process: :meth:`wait` until its package is
+    there (raises when it failed), :meth:`cancel` to stop it. Their k-quant works on one core, so
+    another candidate can be made meanwhile (quantize stage)."""
 
-    def __init__(self, cmd: list[str], merged: Path, out_dir: Path, log_file: Path):
-        self.merged, self.out_dir, self.log_file = merged, out_dir, log_file
+    def __init__(self, cmd: list[str], merged: Path, out_dir: Path, log_file: Path,
+                 what: str = "the model builder"):
+        self.merged, self.out_dir, self.log_file, self.what = merged, out_dir, log_file, what
         self._log = open(log_file, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
         rc = self.proc.wait()
         self._log.close()
-        if rc != 0 or not (self.out_dir / "genai_config.json").exists():
-            raise ArtifactError(f"ORT GenAI: the model builder failed on {self.merged} (exit {rc}).",
+        if rc != 0 or not all((self.out_dir / f).exists() for f in ("genai_config.json", "model.onnx")):
+            raise ArtifactError(f"ORT GenAI: {self.what} failed on {self.merged} (exit {rc}).",
                                 hint=f"Its last output ({self.log_file}):\n{self.log_file.read_text()[-800:]}")
 
     def cancel(self) -> None:
@@ -106,6 +107,26 @@ def quantize_package(pkg: Path, merged: Path, block_size: int, calibration: list
     share_tied_embedding(tmp)
     tmp.replace(src)  # a model over 2 GB keeps model.int4.onnx.data, the name its graph gives
     log.info("ORT GenAI int4 (%s) package in %s", algo, pkg)
+
+
+_QUANTIZE_CHILD = """import json, sys
+from pathlib import Path
+from edgedistill.formats.ortgenai import quantize_package
+a = json.loads(sys.argv[1])
+quantize_package(Path(a["pkg"]), Path(a["merged"]), a["block_size"], None, a["lm_head"], a["algo"],
+                 a["types"])
+"""
+
+
+def start_quantize_package(pkg: Path, merged: Path, block_size: int, lm_head: str, algo: str,
+                           types: dict[str, str] | None, log_file: Path) -> Building:
+    """:func:`quantize_package` without calibration (rtn, k_quant) in a process of its own, as the
+    builder's own int4 runs, so the calibrated candidate can be made meanwhile."""
+    args = {"pkg": str(pkg), "merged": str(merged), "block_size": block_size, "lm_head": lm_head,
+            "algo": algo, "types": dict(types or {})}
+    log.info("quantizing the ORT GenAI package in %s (%s) in the background", pkg, algo)
+    return Building([sys.executable, "-c", _QUANTIZE_CHILD, json.dumps(args)], merged, pkg, log_file,
+                    what="the ONNX quantizer")
 
 
 def share_tied_embedding(path: Path) -> bool:

@@ -126,10 +126,11 @@ class Started:
 
 def start_ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list[list[int]] | None,
                            log_file: Path) -> Started:
-    """An int4 ORT GenAI package in ``out_dir`` (which must not exist). The model builder's own
-    int4 (rtn, k_quant: one core) runs in a process of its own until :meth:`Started.result`;
-    GPTQ, and any int4 with per-MatMul types (``export.quantize.int4_matmul_types``, which the
-    builder cannot take), is made over the fp32 package before this returns."""
+    """An int4 ORT GenAI package in ``out_dir`` (which must not exist). Data-free int4 (rtn,
+    k_quant: one core) runs in a process of its own until :meth:`Started.result`: the model
+    builder's own, or, with per-MatMul types (``export.quantize.int4_matmul_types``, which the
+    builder cannot take), the ONNX quantizer over the fp32 package; GPTQ is made over the fp32
+    package before this returns."""
     from edgedistill.formats import onnx, ortgenai
 
     q = run.recipe.export.quantize
@@ -165,7 +166,16 @@ def start_ortgenai_variant(run: Any, out_dir: Path, algo: str, calibration: list
             ortgenai.build(run.merged_dir, out_dir, "fp32", cache, log_file.with_suffix(".fp32.log"))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    if algo == "gptq" and not calibration:
+    if algo != "gptq":
+        building = ortgenai.start_quantize_package(out_dir, run.merged_dir, q.int4_block_size,
+                                                   q.int4_lm_head, algo, q.int4_matmul_types, log_file)
+
+        def finish_quantized() -> dict[str, Any]:
+            building.wait()
+            return _fit_tokenizer(run, out_dir)
+
+        return Started(finish_quantized, building.cancel)
+    if not calibration:
         raise ArtifactError("ORT GenAI: GPTQ needs calibration sequences and got none.")
     ortgenai.quantize_package(out_dir, run.merged_dir, q.int4_block_size, calibration, q.int4_lm_head,
                               algo, q.int4_matmul_types)
