@@ -21,6 +21,7 @@ import click
 from edgedistill import __version__, crashlog
 from edgedistill.errors import USER_ERRNOS, EdgeDistillError, InternalError
 from edgedistill.registry import FORMAT_NAMES, STAGE_NAMES, stage_fn
+from edgedistill.serve.options import serve_options
 
 COMMAND = "edgedistill.command"  # ctx.meta keys (meta is shared by every nested context)
 RESULT = "edgedistill.result"
@@ -122,7 +123,7 @@ def _hold(run) -> None:
 def _open(run_dir: str, overrides: tuple[str, ...], check: tuple[str, ...] = ()):
     """Open a run under its lock; the recipe with ``overrides``, and the names it gives for the
     stages in ``check``, are checked before the overrides are written into the run."""
-    from edgedistill.config import load_recipe_dict
+    from edgedistill.recipes import load_recipe_dict
     from edgedistill.pipeline import check_names
     from edgedistill.rundir import Run
     from edgedistill.schema import read_yaml
@@ -140,7 +141,7 @@ def _open(run_dir: str, overrides: tuple[str, ...], check: tuple[str, ...] = ())
 def _start(recipe: str | None, run_dir: str | None, overrides: tuple[str, ...], stages: tuple[str, ...]):
     """Check a recipe, its data and the names it gives, then create (or reopen) its run
     directory. Nothing is written when the recipe, the data or the first stage is not usable."""
-    from edgedistill.config import find_recipe, load_recipe
+    from edgedistill.recipes import find_recipe, load_recipe
     from edgedistill.data import load_prompts
     from edgedistill.pipeline import check_names
     from edgedistill.rundir import Run
@@ -278,6 +279,8 @@ for _name, _doc in (
     ("merge", "Fold the adapter into the base weights and prove merged == adapter: RUN/student/merged/."),
     ("quantize", "Quantize the exports (ONNX int8/int4, GGUF q8_0/q4_k_m/...) as the recipe says."),
     ("eval", "Score the teacher, the student before and after, and every artifact: the retention ladder."),
+    ("judge", "Have a judge model compare the eval replies with the teacher's (both orders), grade them "
+              "by the rubric, and measure how far the judge agrees with known verdicts: RUN/eval/judge/."),
 ):
     _simple_stage(_name, _doc)
 
@@ -298,9 +301,10 @@ def export(run_dir, formats, overrides, force):
 @click.option("--target", "target", default="cpu-x86", show_default=True, help="Target name or YAML path.")
 @click.option("--host", help="USER@HOST[:PORT] or an ssh config alias: run the bench there over SSH "
                              "(host keys checked).")
+@click.option("--concurrency", help="Users at once to sweep, e.g. 1,2,4,8,16 (default: the target's list).")
 @set_option
 @force_option
-def bench(run_dir, target, host, overrides, force):
+def bench(run_dir, target, host, concurrency, overrides, force):
     """Measure latency, throughput and memory of each artifact the target can run."""
     from edgedistill.hardware import load_target
 
@@ -309,7 +313,7 @@ def bench(run_dir, target, host, overrides, force):
 
         parse_host(host)  # a malformed host fails before anything runs
     load_target(target)  # so does an unknown target
-    _stage("bench", run_dir, overrides, force, check=(), target=target, host=host)
+    _stage("bench", run_dir, overrides, force, check=(), target=target, host=host, concurrency=concurrency)
     note(target=target, host=host)
 
 
@@ -330,6 +334,17 @@ def report(run_dir, check, junit, overrides):
             stage_fn("report")(the_run, force=True, check=check)
     finally:
         _publish(the_run, junit, before)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@serve_options
+def serve(run_dir, **options):
+    """Serve an artifact of RUN_DIR as an OpenAI-compatible chat endpoint at http://127.0.0.1:PORT/v1."""
+    from edgedistill.serve.run import serve as serve_run
+
+    info = serve_run(Path(run_dir), **options)
+    note(served=info["artifact"], url=info["url"])
 
 
 @cli.command()

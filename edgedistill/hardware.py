@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,11 +24,13 @@ from edgedistill.schema import Strict, bundled, read_yaml, validate
 
 
 class RuntimeSupport(Strict):
-    runtime: str
-    format: Literal[FORMAT_NAMES]
-    precisions: list[str]
-    providers: list[str] = []  # e.g. CUDAExecutionProvider for onnxruntime on a Jetson
-    gpu_layers: int = 0  # llama.cpp offload
+    """One runtime on the device and the artifacts it runs."""
+
+    runtime: str  # llama.cpp, onnxruntime or onnxruntime-genai
+    format: Literal[FORMAT_NAMES]  # the export format it loads
+    precisions: list[str]  # the precisions of that format it runs (artifact id: <format>-<precision>)
+    providers: list[str] = []  # onnxruntime execution providers (CUDAExecutionProvider on a Jetson)
+    gpu_layers: int = Field(0, ge=-1)  # llama.cpp offload: layers on the GPU (-1 or 999: all)
 
     @field_validator("runtime")
     @classmethod
@@ -48,13 +50,19 @@ RAM_TOLERANCE = 0.15  # a host's RAM within ±15% of the target's ram_mb is the 
 
 
 class RunSettings(Strict):
+    """How bench runs each artifact there."""
+
     threads: Union[int, None] = Field(None, ge=1)  # None: all cores of the machine
-    thread_sweep: list[int] = []
+    thread_sweep: list[Annotated[int, Field(ge=1)]] = []  # thread counts to try besides threads
     context: int = Field(512, ge=64)  # llama.cpp n_ctx (the KV cache it allocates)
-    prompt_tokens: int = Field(64, ge=1)
-    generate_tokens: int = Field(64, ge=1)
-    repetitions: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
+    prompt_tokens: int = Field(64, ge=1)  # the prompt each measurement prefills
+    generate_tokens: int = Field(64, ge=1)  # tokens decoded per measurement
+    repetitions: int = Field(5, ge=1)  # timed measurements (the percentiles are over them)
+    warmup: int = Field(1, ge=0)  # untimed runs before them
+    # users at once for the concurrency sweep (bench/concurrency.py), e.g. [1, 2, 4, 8, 16]; empty:
+    # no sweep. Each user's request gets `context` tokens, up to `generate_tokens` of answer.
+    concurrency: list[Annotated[int, Field(ge=1, le=256)]] = []
+    concurrency_requests: int = Field(2, ge=1)  # requests each user sends per level, back to back
 
     @model_validator(mode="after")
     def _fits_context(self) -> "RunSettings":
@@ -66,24 +74,36 @@ class RunSettings(Strict):
 
 
 class Budgets(Strict):
-    max_peak_rss_mb: Union[float, None] = None
-    max_ttft_ms: Union[float, None] = None
-    min_decode_tokens_per_s: Union[float, None] = None
+    """Gates that hold where bench ran on this very device (elsewhere they stay unchecked)."""
+
+    max_peak_rss_mb: Union[float, None] = Field(None, gt=0)  # peak resident memory, MB
+    max_ttft_ms: Union[float, None] = Field(None, gt=0)  # time to first token, p50
+    min_decode_tokens_per_s: Union[float, None] = Field(None, gt=0)  # decode speed, p50
+
+
+class ServiceLevel(Strict):
+    """What each user must get for the concurrency sweep to count them as served."""
+
+    max_ttft_ms_p95: Union[float, None] = Field(None, gt=0)  # time to the first token, 95th percentile
+    min_tokens_per_s_per_user: Union[float, None] = Field(None, gt=0)  # the median user's decode speed
 
 
 class Target(Strict):
-    name: str
-    description: str = ""
-    arch: Literal["x86_64", "aarch64", "armv7l"]
+    """A hardware target (targets/*.yaml)."""
+
+    name: str  # what reports and bench records call it
+    description: str = ""  # one line for the report
+    arch: Literal["x86_64", "aarch64", "armv7l"]  # the machine architecture (uname -m)
     cores: Union[int, None] = Field(None, ge=1)  # None: the host's (a generic host target)
     ram_mb: Union[int, None] = Field(None, ge=64)  # the device's RAM: matched ±15%, and a budget
     cpu_pattern: Union[str, None] = None  # regex searched in the host's CPU model and board name
     memory_bandwidth_gbs: Union[float, None] = Field(None, gt=0)  # None: measured on the host
     l3_cache_mb: Union[float, None] = Field(None, gt=0)  # a model this small is not DRAM-bound there
     accelerators: list[str] = []  # each must be present on the host (see ACCELERATORS)
-    runs: list[RuntimeSupport]
+    runs: list[RuntimeSupport]  # what the device runs: bench measures only these artifacts there
     settings: RunSettings = RunSettings()
     budgets: Budgets = Budgets()
+    service_level: ServiceLevel = ServiceLevel()  # users_supported: the most users that get it
 
     @field_validator("cpu_pattern")
     @classmethod

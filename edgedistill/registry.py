@@ -25,6 +25,7 @@ STAGES: tuple[StageInfo, ...] = (
     StageInfo("export", "edgedistill.formats.export:export", ("export",)),
     StageInfo("quantize", "edgedistill.formats.quantize:quantize", ("export",)),
     StageInfo("eval", "edgedistill.evaluate.ladder:evaluate", ("task", "eval", "teacher", "student")),
+    StageInfo("judge", "edgedistill.judge.stage:judge", ("task", "eval", "teacher")),
     StageInfo("bench", "edgedistill.bench.run:bench", ("targets",)),
     StageInfo("report", "edgedistill.report.build:report", ("gates", "targets")),
 )
@@ -47,6 +48,8 @@ def stage_fn(name: str) -> Callable[..., Any]:
 
 # Task families: the metric each is scored with lives in evaluate/metrics.py.
 TASKS: tuple[str, ...] = ("qa", "math", "nli", "classification", "summarization", "conversation")
+# the tasks without a gold answer to check: a judge model reads their replies by default
+FREE_TEXT_TASKS: tuple[str, ...] = ("summarization", "conversation")
 
 
 @dataclass(frozen=True)

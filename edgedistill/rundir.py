@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgedistill import __version__
-from edgedistill.config import Recipe, save_recipe
+from edgedistill.config import Recipe
+from edgedistill.recipes import save_recipe
 from edgedistill.schema import apply_overrides, read_yaml, validate
 from edgedistill.errors import ConfigError, RunBusy, StageMissing
 from edgedistill.registry import stage_info

@@ -5,6 +5,8 @@ type-checked against the model. Recipes (config.py) and targets (hardware.py) ar
 from __future__ import annotations
 
 import json
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -75,9 +77,44 @@ def _model_in(annotation: Any) -> Any:
     return annotation
 
 
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _without_branches(model: type[BaseModel], loc: tuple) -> tuple[tuple, bool]:
+    """``loc`` without the names pydantic gives a union's branches (``train.epochs.float``,
+    ``eval.judge.JudgeConfig.n_ctx``), and whether it had any."""
+    out: list = []
+    for part in loc:
+        here = _annotation_at(model, tuple(out))
+        inner = _model_in(here)
+        if _is_union(here) and isinstance(part, str) and not (_is_model(inner) and part in inner.model_fields):
+            continue
+        out.append(part)
+    return tuple(out), len(out) < len(loc)
+
+
+def _merge_union_branches(model: type[BaseModel], errors: list[dict]) -> list[dict]:
+    """One error per key where a value failed every branch of a union (``epochs: float | auto``):
+    pydantic reports one per branch. Where the value took one branch (a section given as a
+    mapping) the errors inside it stand, and the other branches' type mismatches go."""
+    normal = [(e, *_without_branches(model, tuple(e["loc"]))) for e in errors]
+    inside = {loc[:i] for _, loc, branched in normal if branched for i in range(len(loc))}
+    merged: list[dict] = []
+    for e, loc, branched in normal:
+        if branched and loc in inside:
+            continue
+        last = merged[-1] if merged else None
+        if branched and last and last.get("_branched") and tuple(last["loc"]) == loc:
+            last["msg"] += ", or " + e["msg"].removeprefix("Input should be ")
+            continue
+        merged.append({**e, "loc": loc, "_branched": branched})
+    return merged
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
     lines = [f"{source} does not validate:"]
-    for e in err.errors():
+    for e in _merge_union_branches(model, err.errors()):
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
@@ -141,6 +178,25 @@ def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) ->
             node = node[part]
         node[path[-1]] = value
     return data
+
+
+_BOUND_SIGNS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def field_bounds(annotation: Any, metadata: list = ()) -> list[str]:
+    """The bounds a field enforces, as ``>= 1`` / ``< 0.5``: from its Field(ge=..., ...), and from
+    those of the types inside it (``list[Annotated[int, Field(ge=1)]]``, a union's float branch)."""
+    found = []
+    for m in list(metadata) + list(getattr(annotation, "__metadata__", ())):
+        for attr, sign in _BOUND_SIGNS.items():
+            value = getattr(m, attr, None)
+            if value is not None:
+                found.append(f"{sign} {value:g}" if isinstance(value, float) else f"{sign} {value}")
+        found += field_bounds(None, getattr(m, "metadata", ()))  # a FieldInfo inside Annotated
+    for arg in typing.get_args(annotation):
+        if not isinstance(arg, (str, int, float)):  # Literal values have no bounds
+            found += field_bounds(arg)
+    return list(dict.fromkeys(found))
 
 
 def bundled(kind: Literal["profiles", "targets"]) -> Path:

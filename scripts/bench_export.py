@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgedistill import models
-    from edgedistill.config import load_recipe_dict
+    from edgedistill.recipes import load_recipe_dict
     from edgedistill.rundir import Run, digest
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-export-"))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.rundir import Run
 from edgedistill.teacher.generate import generate
 from edgedistill.teacher.serve import serve

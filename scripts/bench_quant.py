@@ -168,7 +168,7 @@ def work_run(src_root: Path, work: Path, formats: list[str], overrides: list[str
     for p in (src.train_data, src.eval_data):
         if not p.exists():
             raise SystemExit(f"{src_root} has no {p.name}: run `edgedistill generate` first.")
-    from edgedistill.config import load_recipe_dict
+    from edgedistill.recipes import load_recipe_dict
 
     recipe = load_recipe_dict(src.recipe.model_dump(mode="json"), list(overrides), "--set") \
         if overrides else src.recipe

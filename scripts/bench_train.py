@@ -74,7 +74,7 @@ MODES = {  # mode → train settings on top of the recipe below (the default rec
 def make_run(folder: Path, model: str, args, mode: str):
     import yaml
 
-    from edgedistill.config import load_recipe
+    from edgedistill.recipes import load_recipe
     from edgedistill.data import write_jsonl
     from edgedistill.rundir import Run
 

@@ -3,7 +3,8 @@ report.json and manifest.json, through docs/demo-results.json (committed, so a t
 README against it, as the CLI reference is checked against --help).
 
     python scripts/gen_demo_table.py runs/demo      # after `edgedistill run` and scripts/seed_claims.py
-    python scripts/gen_demo_table.py --check         # exit 1 when README.md does not match the snapshot
+    python scripts/gen_demo_table.py runs/support --name support   # the support profile's section
+    python scripts/gen_demo_table.py --check         # exit 1 when README.md does not match the snapshots
 
 The snapshot keeps what the table shows (scores and retention with their 95% intervals on the eval
 split and on each eval set, sizes, bench figures, the seed-claim measurements, how the training
@@ -22,8 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SNAPSHOT = ROOT / "docs" / "demo-results.json"
-START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+NAMES = ("demo", "support")  # a README section and a snapshot each: docs/NAME-results.json
+
+
+def snapshot_path(name: str) -> Path:
+    return ROOT / "docs" / f"{name}-results.json"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}-results:start -->", f"<!-- {name}-results:end -->"
 
 
 def _ts(stamp: str) -> float:
@@ -71,7 +79,10 @@ def snapshot(run_dir: Path) -> dict:
                      "decode_tokens_per_s": (bench.get("decode_tokens_per_s") or {}).get("p50"),
                      "peak_rss_mb": bench.get("peak_rss_mb"), "ttft_ms": (bench.get("ttft_ms") or {}).get("p50"),
                      "verdict": a["gates"].get("verdict")})
-    rung_keys = ("model", "score", "score_ci95", "retention", "retention_ci95", "eval_n", "eval_sets")
+    judge_keys = ("judge_retention", "judge_retention_ci95", "judge_score", "judge_score_ci95", "judge")
+    for a, full in zip(arts, report["artifacts"]):
+        a.update({k: full[k] for k in judge_keys if k in full})
+    rung_keys = ("model", "score", "score_ci95", "retention", "retention_ci95", "eval_n", "eval_sets") + judge_keys
     host = next((a["bench"]["cpu-x86"].get("measured_on") for a in report["artifacts"]
                  if (a.get("bench") or {}).get("cpu-x86")), None)
     return {
@@ -79,7 +90,9 @@ def snapshot(run_dir: Path) -> dict:
                    "edgedistill_version": report["edgedistill_version"], "host": host,
                    "versions": next((s.get("versions") for s in stages.values() if s.get("versions")), None)},
         "metric": report["metric"], "eval": report["eval"], "training_data": report.get("training_data"),
-        "teacher": {k: report["teacher"].get(k) for k in rung_keys},
+        "teacher": {k: report["teacher"].get(k) for k in rung_keys + ("resample", "rubric_mean") if k in report["teacher"]},
+        "judge": report.get("judge"), "judge_calibration": report.get("judge_calibration"),
+        "task": report.get("task"), "reference": report.get("reference"),
         "student_base": {k: report["student_base"].get(k) for k in rung_keys},
         "student_merged": {k: report["student_merged"].get(k) for k in rung_keys},
         "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
@@ -104,10 +117,15 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.0f}%"
 
 
-def render(s: dict) -> str:
+def render(s: dict, name: str = "demo") -> str:
     sets = list((s["eval"].get("sets") or {}))
+    judge = s.get("judge") or {}
+    gold_judge = judge.get("mode") == "gold"
     head = ["rung", f"{s['metric']} [95% CI]", "retention [95% CI]"]
     head += [f"{name}: {s['metric']} / retention" for name in sets]
+    if judge:
+        head += (["judged right and in form [95% CI]", "judge retention [95% CI]"] if gold_judge else
+                 ["judge retention [95% CI]", "wins / ties / losses", "rubric ratio"])
     head += ["size", "decode tok/s", "peak RSS"]
     rows = []
 
@@ -117,6 +135,16 @@ def render(s: dict) -> str:
         for name in sets:
             e = (r.get("eval_sets") or {}).get(name) or {}
             cells.append(f"{_n(e.get('score'))} / {_n(e.get('retention'))}")
+        if judge:
+            j = r.get("judge") or {}
+            ret = _n(r.get("judge_retention")) + _ci(r.get("judge_retention_ci95")) \
+                if r.get("judge_retention") is not None else ""
+            if gold_judge:
+                cells += [_n(r.get("judge_score")) + _ci(r.get("judge_score_ci95")), ret]
+            else:
+                cells += [ret + (f" (n={j['n']})" if ret and j.get("n") != s["eval"]["n"] else ""),
+                          f"{j['wins']} / {j['ties']} / {j['losses']}" if "wins" in j else "",
+                          _n(j.get("rubric_ratio")) if j.get("rubric_ratio") is not None else ""]
         a = a or {}
         cells += [f"{a['bytes'] / 1e6:.0f} MB" if a.get("bytes") else "",
                   _n(a.get("decode_tokens_per_s"), 0) if a.get("decode_tokens_per_s") else "",
@@ -124,6 +152,8 @@ def render(s: dict) -> str:
         rows.append(cells)
 
     row(f"teacher ({s['teacher']['model']})", s["teacher"])
+    if s["teacher"].get("resample"):
+        row("teacher asked again", s["teacher"]["resample"])
     row("student before distillation", s["student_base"])
     row("student after (merged)", s["student_merged"])
     for a in s["artifacts"]:
@@ -133,10 +163,25 @@ def render(s: dict) -> str:
     ev = s["eval"]
     out = [f"Measured by `edgedistill run` on {((s['source'].get('host') or {}).get('cpu')) or 'this machine'} "
            f"({(s['source'].get('host') or {}).get('cores_logical')} cores): the whole run took "
-           f"{(s['wall_seconds'] or 0) / 60:.1f} min; {s['metric']} against the gold answers of "
-           f"{ev['n']} held-out questions" + "".join(f" and of the {v['n']} questions of `{k}`"
-                                                    for k, v in (ev.get("sets") or {}).items())
-           + "; 95% intervals by paired bootstrap over the questions.", "", *lines, ""]
+           f"{(s['wall_seconds'] or 0) / 60:.1f} min; {s['metric']} against the "
+           + (f"teacher's replies to {ev['n']} held-out conversations" if s.get("reference") == "teacher" else
+              f"gold answers of {ev['n']} held-out questions")
+           + "".join(f" and of the {v['n']} questions of `{k}`" for k, v in (ev.get("sets") or {}).items())
+           + "; 95% intervals by bootstrap over the eval examples (paired for retention).", "", *lines, ""]
+    cal = s.get("judge_calibration")
+    if judge and cal:
+        known = ", ".join(f"{k} {v['agreed']} of {v['n']}" for k, v in (cal.get("by_expected") or {}).items())
+        cost = judge.get("cost") or {}
+        who = ("the teacher itself, whose bias toward its own replies makes judge retention conservative"
+               if judge.get("is_teacher") else judge.get("model"))
+        out += [f"The judge ({who}; verdicts from "
+                f"{judge.get('verdicts_from')}) agreed with {_n(cal.get('agreement'))} of {cal.get('n')} verdicts "
+                f"known in advance ({known}), Cohen's kappa {_n(cal.get('kappa'))}, swap consistency "
+                f"{_n(cal.get('swap_consistency'))}: {'trusted' if cal.get('trusted') else 'not trusted'} "
+                f"(eval.judge.min_agreement {cal.get('min_agreement')})"
+                + (f"; it read {cost.get('prompt_tokens')} prompt tokens ({cost.get('decoded_tokens')} decoded "
+                   f"once prefixes were shared) in {cost['seconds']:.0f} s for {judge.get('unique_questions')} "
+                   "questions." if cost.get("seconds") else "."), ""]
     t = s.get("training_data") or {}
     if t:
         verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items()))
@@ -171,37 +216,44 @@ def render(s: dict) -> str:
     secs = s.get("stage_seconds") or {}
     main = {k: v for k, v in secs.items() if v and v > 5}
     out.append("Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(main.items(), key=lambda kv: -kv[1]))
-               + f". Gates: {s['gates']['verdict']}. Snapshot: `docs/demo-results.json` "
-               "(`python scripts/gen_demo_table.py RUN` rewrites it and this section).")
+               + f". Gates: {s['gates']['verdict']}. Snapshot: `docs/{name}-results.json` "
+               f"(`python scripts/gen_demo_table.py RUN{'' if name == 'demo' else ' --name ' + name}` rewrites "
+               "it and this section).")
     return "\n".join(out) + "\n"
 
 
-def rewrite(text: str, section: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section}{END}{tail}"
+def rewrite(text: str, section: str, name: str = "demo") -> str:
+    start, end = markers(name)
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{section}{end}{tail}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", nargs="?", help="a finished demo run directory")
+    ap.add_argument("run", nargs="?", help="a finished run directory of the profile --name names")
+    ap.add_argument("--name", choices=NAMES, default="demo", help="which README section (default: demo)")
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     text = README.read_text()
     if a.check:
-        want = rewrite(text, render(json.loads(SNAPSHOT.read_text())))
+        want = text
+        for name in NAMES:
+            if snapshot_path(name).is_file():
+                want = rewrite(want, render(json.loads(snapshot_path(name).read_text()), name), name)
         if want != text:
-            print("README.md's demo results do not match docs/demo-results.json: "
-                  "run python scripts/gen_demo_table.py RUN")
+            print("README.md's results sections do not match docs/*-results.json: "
+                  "run python scripts/gen_demo_table.py RUN [--name NAME]")
             return 1
         return 0
     if not a.run:
         ap.error("give a run directory, or --check")
     snap = snapshot(Path(a.run))
-    SNAPSHOT.parent.mkdir(exist_ok=True)
-    SNAPSHOT.write_text(json.dumps(snap, indent=1) + "\n")
-    README.write_text(rewrite(text, render(snap)))
-    print(f"updated {README} and {SNAPSHOT}")
+    path = snapshot_path(a.name)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(snap, indent=1) + "\n")
+    README.write_text(rewrite(text, render(snap, a.name), a.name))
+    print(f"updated {README} and {path}")
     print(json.dumps({"wall_seconds": snap["wall_seconds"], "shipped": (snap.get("smallest_passing") or {}).get("cpu-x86")}))
     return 0
 

@@ -166,7 +166,7 @@ def test_packages_say_what_they_own():
 
 def test_the_registry_is_the_only_list_of_stages_and_formats():
     """Literal lists of the stage names or the format names appear only in registry.py."""
-    stages = ("generate", "train", "merge", "export", "quantize", "eval", "bench", "report")
+    stages = ("generate", "train", "merge", "export", "quantize", "eval", "judge", "bench", "report")
     formats = ("onnx", "ortgenai", "gguf")
     bad = []
     for name, tree in TREES.items():

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from edgedistill.bench import run as bench_run
 from edgedistill.cli import cli
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.hardware import load_target
 from edgedistill.errors import ArtifactError
 from edgedistill.rundir import Run

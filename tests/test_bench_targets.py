@@ -21,7 +21,7 @@ from edgedistill.bench import run as bench_run
 from edgedistill.bench.host import host_info, measure_bandwidth
 from edgedistill.bench.weights import bytes_per_token
 from edgedistill.cli import cli
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.hardware import ACCELERATORS, Target, load_target
 from edgedistill.rundir import Run
 

@@ -12,7 +12,7 @@ from edgedistill.cli import cli
 
 from conftest import write_recipe
 
-COMMANDS = ["run", "generate", "train", "merge", "export", "quantize", "eval", "bench", "report", "doctor"]
+COMMANDS = ["run", "generate", "train", "merge", "export", "quantize", "eval", "judge", "bench", "report", "doctor"]
 
 
 def invoke(*args):
@@ -99,7 +99,7 @@ def test_unknown_target_exits_2_with_known_ones(recipe_file, tmp_path):
 
 
 def test_run_dir_missing_artifact_names_the_command(recipe_file, tmp_path):
-    from edgedistill.config import load_recipe
+    from edgedistill.recipes import load_recipe
     from edgedistill.rundir import Run
 
     run = Run.create(tmp_path / "run", load_recipe(recipe_file))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgedistill.config import Recipe, find_recipe, load_recipe
+from edgedistill.config import Recipe
+from edgedistill.recipes import find_recipe, load_recipe
 from edgedistill.hardware import known_targets, load_target
 from edgedistill.schema import apply_overrides, bundled
 from edgedistill.errors import ConfigError

@@ -148,7 +148,7 @@ def test_unchanged_rungs_are_reused(tiny_run, monkeypatch):
 
 
 def test_eval_needs_generate(tmp_path):
-    from edgedistill.config import load_recipe
+    from edgedistill.recipes import load_recipe
     from edgedistill.errors import StageMissing
     from edgedistill.rundir import Run
 

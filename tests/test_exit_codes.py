@@ -99,10 +99,10 @@ def test_run_names_the_stage_it_crashed_in(recipe_file, tmp_path, monkeypatch):
 
 
 def test_before_a_run_exists_the_log_goes_to_the_cache(recipe_file, tmp_path, monkeypatch):
-    from edgedistill import config
+    from edgedistill import recipes
 
     monkeypatch.setenv("EDGEDISTILL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(config, "load_recipe", _boom)  # a planted bug before any run directory
+    monkeypatch.setattr(recipes, "load_recipe", _boom)  # a planted bug before any run directory
     result = invoke("generate", str(recipe_file), "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 3
     [log] = (tmp_path / "cache" / "logs").glob("error-generate-*.log")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_recipe
 from edgedistill import runtimes
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.data import write_jsonl
 from edgedistill.artifacts import list_artifacts
 from edgedistill.formats.export import export

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_recipe
 from edgedistill import runtimes
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.formats.export import export
 from edgedistill.rundir import Run
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_recipe
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.errors import DataError
 from edgedistill.formats.export import export
 from edgedistill.formats.quantize import quantize

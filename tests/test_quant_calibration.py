@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import write_recipe
 from edgedistill import runtimes
 from edgedistill.artifacts import list_artifacts
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.data import read_jsonl, write_jsonl
 from edgedistill.errors import ConfigError, DataError
 from edgedistill.formats.export import export

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import write_recipe
 from edgedistill.artifacts import list_artifacts
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.data import load_prompts, write_jsonl
 from edgedistill.formats.export import export
 from edgedistill.formats.quantize import KQUANTS, quantize

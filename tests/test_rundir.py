@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.errors import StageMissing
 from edgedistill.rundir import Run
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.errors import ConfigError
 from edgedistill.rundir import Run
 from conftest import write_recipe

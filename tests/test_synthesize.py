@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import write_recipe
 from edgedistill.cli import cli
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.data import read_jsonl
 from edgedistill.teacher import synthesize as synth
 from edgedistill.teacher.asking import make_request

@@ -7,7 +7,7 @@ import random
 import shutil
 from pathlib import Path
 
-from edgedistill.config import load_recipe
+from edgedistill.recipes import load_recipe
 from edgedistill.data import write_jsonl
 from edgedistill.rundir import Run
 

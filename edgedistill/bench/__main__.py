@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--generate-tokens", type=int, default=64)
     p.add_argument("--repetitions", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--concurrency", default="", help="users at once to sweep, e.g. 1,2,4,8 (a filler prompt)")
     return p
 
 
@@ -38,9 +39,14 @@ def _format_of(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.one:
-        from edgedistill.bench.measure import main_one
+        from edgedistill.bench.measure import main_one, read_one
 
-        return main_one(args.one)
+        one = read_one(args.one)
+        if one.get("mode") == "concurrency":  # the concurrency sweep of one artifact
+            from edgedistill.bench.concurrency import measure_concurrency
+
+            return main_one(one, measure_concurrency)
+        return main_one(one)
     from edgedistill.bench.device import format_table, run_spec
 
     if args.spec:
@@ -56,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = {"target": None, "artifacts": arts, "settings": {
             "threads": args.threads, "context": args.context, "prompt_tokens": args.prompt_tokens,
             "generate_tokens": args.generate_tokens, "repetitions": args.repetitions, "warmup": args.warmup,
-            "thread_sweep": [int(t) for t in args.thread_sweep.split(",") if t.strip()]}}
+            "thread_sweep": [int(t) for t in args.thread_sweep.split(",") if t.strip()],
+            "concurrency": [int(n) for n in args.concurrency.split(",") if n.strip()]}}
     else:
         _parser().print_usage(sys.stderr)
         print("error: give artifact paths or --spec FILE", file=sys.stderr)

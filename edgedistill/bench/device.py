@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Any, Callable
 
 from edgedistill import __version__
@@ -34,7 +35,12 @@ KIND_OF_FORMAT = {"gguf": "gguf", "onnx": "onnx", "ortgenai": "ortgenai", "hf": 
 
 def measure_in_subprocess(one: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
     """Run ``python -m edgedistill.bench --one`` for one (artifact, threads); its JSON or an error."""
-    cmd = [sys.executable, "-m", "edgedistill.bench", "--one", json.dumps(one)]
+    arg = json.dumps(one)
+    if len(arg) > 32_000:  # a long spec (the eval prompts) goes by file: argv's limit per argument
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="edgedistill-bench-", delete=False) as f:
+            f.write(arg)
+        arg = "@" + f.name
+    cmd = [sys.executable, "-m", "edgedistill.bench", "--one", arg]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if one["kind"] != "hf":
         # a device has no torch: keep transformers (the ONNX tokenizer) from importing it here,
@@ -44,6 +50,9 @@ def measure_in_subprocess(one: dict[str, Any], timeout_s: float = 900) -> dict[s
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
+    finally:
+        if arg.startswith("@"):
+            os.unlink(arg[1:])
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     try:
         result = json.loads(lines[-1]) if lines else None
@@ -83,6 +92,13 @@ def run_spec(spec: dict[str, Any], progress: Callable[[str], None] = lambda s: N
             entry["bandwidth"] = at_size[working]
             progress(f"{art['id']}: bandwidth at its working set ({working / 1e6:.3g} MB): "
                      f"{entry['bandwidth']['copy_gbs']} GB/s")
+        levels = settings.get("concurrency") or []
+        if levels and "error" not in res:
+            progress(f"{art['id']}: {len(levels)} concurrency levels ({', '.join(map(str, levels))} users)")
+            entry["concurrency"] = measure_in_subprocess({
+                **one, "mode": "concurrency", "levels": levels, "prompts": spec.get("prompts") or [],
+                "context": settings.get("context"), "requests_per_user": settings.get("concurrency_requests", 2)},
+                spec.get("timeout_s", 1800))
         sweep = []
         for t in settings.get("thread_sweep") or []:
             progress(f"{art['id']}: thread sweep, {t} threads")

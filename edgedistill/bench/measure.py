@@ -78,7 +78,7 @@ def prompt_ids_of_length(rt: Any, n: int) -> list[int]:
     return ids[-n:]
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Peak RSS of this process image: VmHWM (reset at exec). ru_maxrss is not used on Linux: it
     carries the parent's peak across fork+exec, which would charge the bench's own buffers."""
     try:
@@ -97,7 +97,7 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
     from edgedistill import runtimes
 
     kind = spec["kind"]
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     t0 = time.perf_counter()
     rt = runtimes.load(kind, spec["path"], threads=spec.get("threads"),
                        providers=spec.get("providers") or None, gpu_layers=spec.get("gpu_layers", 0),
@@ -141,7 +141,7 @@ def measure_artifact(spec: dict[str, Any]) -> dict[str, Any]:
         "decode_tokens_per_s": {k: (round(1e3 / v, 3) if v else None) for k, v in ms.items()},
         "decode_tokens_per_s_runs": [round(r, 3) for r in rates],
         "decode_cpu_ms_per_token": percentiles(cpu_ms),  # CPU time of all threads; wall time is above
-        "peak_rss_mb": round(_rss_mb(), 1), "rss_before_load_mb": round(rss_before, 1),
+        "peak_rss_mb": round(rss_mb(), 1), "rss_before_load_mb": round(rss_before, 1),
         "energy_per_token_j": round(energy / produced, 6) if energy is not None and produced else None,
         "energy_note": (meter.note if energy is not None else meter.reason) if meter is not None
         else energy_meter.reason,  # type: ignore[attr-defined]
@@ -165,11 +165,15 @@ def artifact_bytes(path: str | Path) -> int:
     return p.stat().st_size
 
 
-def main_one(arg: str) -> int:
+def read_one(arg: str) -> dict[str, Any]:
+    """``--one``'s spec: JSON, or ``@FILE`` holding it (a long one: argv limits each argument)."""
+    return json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg)
+
+
+def main_one(spec: dict[str, Any], measure=measure_artifact) -> int:
     """``python -m edgedistill.bench --one JSON``: measure one artifact, print one JSON line."""
-    spec = json.loads(arg)
     try:
-        out = measure_artifact(spec)
+        out = measure(spec)
     except Exception as e:  # noqa: BLE001 -- reported to the parent as this artifact's error
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.artifacts import list_artifacts
-from edgedistill.errors import ArtifactError, StageMissing
+from edgedistill.errors import ArtifactError, ConfigError, StageMissing
 from edgedistill.hardware import Target, load_target
 from edgedistill.rundir import Run
 
@@ -111,17 +111,25 @@ def annotate(result: dict[str, Any], entry: dict[str, Any], target: Target,
                        f"are the host's figures; {target.name}'s are the predicted_* fields")
     if "error" in entry:
         return out
+    if "concurrency" in entry:  # the sweep's levels, judged by the target's service level
+        from edgedistill.bench.concurrency import users_supported
+
+        out.update(users_supported(entry["concurrency"], target.service_level.model_dump()))
     _roofline(out, entry["decode_tokens_per_s"]["p50"], bw["copy_gbs"], per_token)
     if why:
         _predict(out, entry, target, per_token)
     return out
 
 
-def device_spec(target: Target, arts: list[dict[str, Any]]) -> dict[str, Any]:
+def device_spec(target: Target, arts: list[dict[str, Any]],
+                prompts: list[list[dict]] | None = None) -> dict[str, Any]:
     settings = target.settings.model_dump(mode="json")
     keys = ("id", "format", "precision", "bytes", "providers", "gpu_layers", "bytes_per_token")
-    return {"target": target.name, "settings": settings, "artifacts": [
+    spec = {"target": target.name, "settings": settings, "artifacts": [
         {**{k: a[k] for k in keys if k in a}, "path": str(a["path"])} for a in arts]}
+    if settings.get("concurrency"):
+        spec["prompts"] = prompts or []
+    return spec
 
 
 def _with_bytes_per_token(arts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,9 +143,61 @@ def _with_bytes_per_token(arts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str | None = None) -> None:
-    """Measure every artifact ``target`` can run; on ``host`` (USER@HOST[:PORT]) over SSH if given."""
+def parse_levels(text: str) -> list[int]:
+    """``--concurrency 1,2,4,8``: the user counts, each 1..256."""
+    try:
+        levels = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        levels = []
+    if not levels or levels[0] < 1 or levels[-1] > 256:
+        raise ConfigError(f"--concurrency {text!r}: give user counts from 1 to 256 separated by commas.",
+                          hint="For example --concurrency 1,2,4,8,16.")
+    return levels
+
+
+def eval_prompts(run: Run, limit: int = 64) -> list[list[dict]]:
+    """The messages of the run's eval prompts (the first ``limit``): what the concurrency sweep sends."""
+    from edgedistill.data import read_jsonl
+
+    if not run.eval_data.is_file():
+        return []
+    return [rec["messages"] for rec in read_jsonl(run.eval_data)[:limit] if rec.get("messages")]
+
+
+def teacher_entry(run: Run, target: Target) -> tuple[dict[str, Any] | None, str]:
+    """(the teacher as a bench artifact, id ``teacher``, where it is a local GGUF the target's
+    llama.cpp runs; else None) and a note saying which."""
+    from edgedistill import models
+
+    cfg = run.recipe.teacher
+    ref = cfg.model
+    if cfg.backend == "hf":
+        return None, "not benched: an HF teacher needs torch, which the device side does without"
+    if not (models.is_packaged(ref) or ref.lower().endswith(".gguf")):
+        return None, (f"not benched: the teacher is an endpoint ({ref}); its figures are not on "
+                      f"{target.name}")
+    if not any(r.format == "gguf" for r in target.runs):
+        return None, f"not benched: {target.name} runs no GGUF"
+    path = Path(models.resolve(ref)).expanduser()
+    if not path.is_absolute() and not path.is_file():
+        path = run.config_path.parent / path
+    if not path.is_file():
+        return None, f"not benched: the teacher GGUF {path} is not there"
+    support = next(r for r in target.runs if r.format == "gguf")
+    return ({"id": "teacher", "format": "gguf", "precision": "teacher", "path": path,
+             "bytes": path.stat().st_size, "runtime": support.runtime, "providers": support.providers,
+             "gpu_layers": support.gpu_layers, "model": ref},
+            f"benched alike on {target.name}: {ref}")
+
+
+def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str | None = None,
+          concurrency: str | list[int] | None = None) -> None:
+    """Measure every artifact ``target`` can run; on ``host`` (USER@HOST[:PORT]) over SSH if given.
+    ``concurrency``: the users-at-once levels to sweep instead of the target's own ("1,2,4")."""
     tgt = load_target(target)
+    if concurrency:
+        concurrency = parse_levels(concurrency) if isinstance(concurrency, str) else concurrency
+        tgt = tgt.model_copy(update={"settings": tgt.settings.model_copy(update={"concurrency": concurrency})})
     target_file = Path(target) if Path(target).exists() else None
     arts = list_artifacts(run, include_damaged=True)
     if not arts:
@@ -152,9 +212,11 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
                  f"another target (`--target`).")
     if skipped:
         log.info("%s cannot run %s; skipped", tgt.name, ", ".join(skipped))
+    teacher, teacher_note = teacher_entry(run, tgt)  # a local GGUF teacher, measured alike
+    picked += [teacher] if teacher else []
     name = f"bench:{tgt.name}"
     previous = (run.stage_entry(name) or {}).get("metrics", {})
-    if previous.get("host") != host:
+    if previous.get("host") != host or previous.get("concurrency", []) != tgt.settings.concurrency:
         force = True
     inputs = [Path(a["path"]) for a in picked if Path(a["path"]).exists()] + ([target_file] if target_file else [])
     stage = run.begin(name, inputs=inputs, force=force)
@@ -162,7 +224,7 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
         return
     present = _with_bytes_per_token([a for a in picked if Path(a["path"]).exists()])
     missing = [a for a in picked if not Path(a["path"]).exists()]
-    spec = device_spec(tgt, present)
+    spec = device_spec(tgt, present, eval_prompts(run) if tgt.settings.concurrency else None)
     with stage:
         if not present:
             result = None
@@ -195,7 +257,9 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
             on_target=next((r["on_target"] for r in written.values() if r.get("on_target") is not None), None),
             bandwidth_gbs=(result or {}).get("bandwidth", {}).get("copy_gbs"),
             decode_tokens_per_s_p50={k: (v.get("decode_tokens_per_s") or {}).get("p50") for k, v in written.items()},
-            errors={k: v["error"] for k, v in written.items() if "error" in v}, skipped=skipped)
+            errors={k: v["error"] for k, v in written.items() if "error" in v}, skipped=skipped,
+            concurrency=tgt.settings.concurrency, teacher=teacher_note,
+            users_supported={k: v.get("users_supported") for k, v in written.items() if "users_supported" in v})
     failed = [k for k, v in written.items() if "error" in v]
     if failed:
         log.error("%d artifact(s) failed to load or run on %s -- a failed gate for this target "

@@ -26,13 +26,14 @@ from edgedistill.evaluate import metrics
 from edgedistill.data import read_jsonl, write_jsonl
 from edgedistill.errors import DataError
 from edgedistill.artifacts import list_artifacts
-from edgedistill.registry import kind_of
+from edgedistill.registry import FREE_TEXT_TASKS, kind_of
 from edgedistill.rundir import Run, Stage, digest
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 TEACHER, BASE, MERGED = "teacher", "student_base", "student_merged"
+RESAMPLE = "teacher_resample"  # the teacher asked again (with a judge): what parity looks like
 
 
 def reference_of(rec: dict[str, Any]) -> tuple[str, str, bool] | None:
@@ -46,7 +47,7 @@ def reference_of(rec: dict[str, Any]) -> tuple[str, str, bool] | None:
     return None
 
 
-def _examples(run: Run, path: Path) -> tuple[list[dict[str, Any]], int]:
+def eval_examples(run: Run, path: Path) -> tuple[list[dict[str, Any]], int]:
     recipe = run.recipe
     records = read_jsonl(path)
     if recipe.eval.limit:
@@ -94,6 +95,33 @@ def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new
     return outputs
 
 
+def _resample(run: Run, stage: Stage, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The teacher's second reply to every eval example: at ``teacher.temperature`` (at
+    ``teacher.sample_temperature`` when that is 0, where a second greedy reply would be the first
+    again), through the teacher's backend, every answer in RUN/data/teacher-resample.jsonl as it
+    arrives (a killed eval asks only what is missing)."""
+    import contextlib
+
+    from edgedistill.teacher.asking import Asker, make_request
+    from edgedistill.teacher.resume_log import open_log, read_log
+
+    cfg = run.recipe.teacher
+    temperature = cfg.temperature if cfg.temperature > 0 else cfg.sample_temperature
+    reqs = [make_request(cfg, rec, sample=RESAMPLE_SAMPLE, temperature=temperature, logprobs=None)
+            for rec in examples]
+    path = run.data_dir / "teacher-resample.jsonl"
+    with open_log(path) as f, contextlib.ExitStack() as stack:
+        asker = Asker(f, cfg, read_log(path), run.logs_dir, stack)
+        asker.ask(reqs, "a second reply to each eval prompt (the judge's parity check)")
+    stage.record(path)
+    answered = read_log(path)
+    return [{"prediction": (answered.get(r.key) or {}).get("response"),
+             "finish_reason": (answered.get(r.key) or {}).get("finish_reason")} for r in reqs]
+
+
+RESAMPLE_SAMPLE = 1000  # the resample's sample index: a key of its own in the teacher's logs
+
+
 def _rungs(run: Run) -> list[dict[str, Any]]:
     """What to score besides the teacher: base student, merged student, every artifact."""
     from edgedistill import models
@@ -102,8 +130,10 @@ def _rungs(run: Run) -> list[dict[str, Any]]:
     recipe = run.recipe
     ref = recipe.student.model
     # a GGUF student is scored as packaged, in llama.cpp (the same weights the HF import
-    # dequantizes, several times faster than transformers on a CPU)
-    base = ({"kind": "gguf", "path": Path(models.resolve(ref))} if is_gguf(ref)
+    # dequantizes, several times faster than transformers on a CPU), unless the recipe gives it a
+    # chat template of its own (student.chat_template): the imported copy carries that one
+    packaged = is_gguf(ref) and recipe.student.chat_template == "model"
+    base = ({"kind": "gguf", "path": Path(models.resolve(ref))} if packaged
             else {"kind": "hf", "path": Path(student_path(run))})
     rungs: list[dict[str, Any]] = [{"name": BASE, **base, "model": ref}]
     if (run.merged_dir / "config.json").is_file():
@@ -137,7 +167,7 @@ def evaluate(run: Run, *, force: bool = False) -> None:
     stage = run.begin("eval", inputs=inputs, force=force)
     if stage is None:
         return
-    sets = {name: _examples(run, path) for name, path in paths.items()}
+    sets = {name: eval_examples(run, path) for name, path in paths.items()}
     if not sets["eval"][0]:
         raise DataError(f"{run.eval_data} has no example with a gold answer or a teacher reply.",
                         hint=f"Re-run `edgedistill generate {run.config_path} --run-dir {run.root} --force`.")
@@ -152,6 +182,11 @@ def evaluate(run: Run, *, force: bool = False) -> None:
                  "finish_reason": (r.get("provenance") or {}).get("finish_reason")} for r in examples])
             _write_rung(run, stage, summaries[name], {"name": TEACHER, "model": recipe.teacher.model,
                                                       "kind": "teacher"}, teacher_rows, task, None, name)
+        if task in FREE_TEXT_TASKS and recipe.eval.judge_config(task) is not None:  # the judge's parity check
+            examples = sets["eval"][0]
+            _write_rung(run, stage, summaries["eval"], {"name": RESAMPLE, "model": recipe.teacher.model,
+                                                        "kind": "teacher"},
+                        _score_rows(task, examples, _resample(run, stage, examples)), task, None, "eval")
         for rung in rungs:
             # batch_size: batched replies can differ from one-at-a-time ones where two logits
             # nearly tie (other kernel shapes, other float summation order)
@@ -160,7 +195,7 @@ def evaluate(run: Run, *, force: bool = False) -> None:
                         "sets": {n: [digest(paths[n])["sha256"], [r["id"] for r in ex]]
                                  for n, (ex, _) in sets.items()}}
             key = _rung_key(rung, settings)
-            files = {n: _rung_file(run, n, rung["name"]) for n in sets}
+            files = {n: rung_file(run, n, rung["name"]) for n in sets}
             if not force and previous.get(rung["name"], {}).get("key") == key and \
                     all(f.is_file() for f in files.values()):
                 log.info("eval %s: unchanged, reusing %s", rung["name"], run.rel(files["eval"]))
@@ -210,13 +245,13 @@ def _retention(summary: dict[str, Any]) -> None:
         entry.update(rung_intervals(per_example[name], per_example[TEACHER]))
 
 
-def _rung_file(run: Run, eval_set: str, rung: str) -> Path:
+def rung_file(run: Run, eval_set: str, rung: str) -> Path:
     return run.eval_dir / (f"{rung}.jsonl" if eval_set == "eval" else f"{eval_set}/{rung}.jsonl")
 
 
 def _write_rung(run: Run, stage: Stage, summary: dict[str, Any], rung: dict[str, Any],
                 rows: list[dict[str, Any]], task: str, key: str | None, eval_set: str = "eval") -> None:
-    path = _rung_file(run, eval_set, rung["name"])
+    path = rung_file(run, eval_set, rung["name"])
     write_jsonl(stage.output(path), rows)
     agg = metrics.aggregate(rows, task)
     summary.setdefault("_per_example", {})[rung["name"]] = {r["id"]: r.get("score") for r in rows}

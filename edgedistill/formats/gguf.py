@@ -133,45 +133,66 @@ def convert(merged: Path, out: Path, outtype: str, conv: Converter, log_file: Pa
         tail = log_file.read_text()[-800:]
         raise ArtifactError(f"GGUF: llama.cpp's converter failed on {merged} (exit {proc.returncode}).",
                             hint=f"Its last output ({log_file}):\n{tail}")
-    _match_space_prefix(merged, out, conv)
+    _match_tokenizer(merged, out, conv)
 
 
 _REWRITE = """
-import sys, gguf
+import json, sys, gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata, get_field_data
-src, dst = sys.argv[1], sys.argv[2]
+src, dst, keys = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 reader = gguf.GGUFReader(src, "r")
 writer = gguf.GGUFWriter(dst, arch=get_field_data(reader, gguf.Keys.General.ARCHITECTURE),
                          endianess=reader.endianess)
 alignment = get_field_data(reader, gguf.Keys.General.ALIGNMENT)
 if alignment is not None:
     writer.data_alignment = alignment
-copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.ADD_PREFIX:
-                       MetadataDetails(gguf.GGUFValueType.BOOL, False)}, [])
+copy_with_new_metadata(reader, writer, {k: MetadataDetails(gguf.GGUFValueType.BOOL, v)
+                                        for k, v in keys.items()}, [])
 """
 
 
-def _match_space_prefix(merged: Path, out: Path, conv: Converter) -> None:
-    """A SentencePiece tokenizer whose HF pre-tokenizer never prepends '▁' after special tokens
-    (Metaspace prepend_scheme "never"/"first") gets ``tokenizer.ggml.add_space_prefix = false``:
-    the converter leaves the key out, and llama.cpp's default (true) inserts a '▁' after every
-    special token, so chat prompts would tokenize differently from the student's own tokenizer."""
+def _match_tokenizer(merged: Path, out: Path, conv: Converter) -> None:
+    """Tokenizer flags the converter leaves to llama.cpp's defaults, set to what the student's
+    own tokenizer does, so chat prompts tokenize the same in llama.cpp:
+
+    - a SentencePiece tokenizer whose HF pre-tokenizer never prepends '▁' after special tokens
+      (Metaspace prepend_scheme "never"/"first") gets ``tokenizer.ggml.add_space_prefix = false``
+      (llama.cpp's default, true, inserts a '▁' after every special token);
+    - a chat template that itself opens with the bos token (Gemma's, Llama 3's) gets
+      ``tokenizer.ggml.add_bos_token = false``: a runtime that renders the template and then
+      tokenizes with the GGUF's add_bos would otherwise start every chat with two bos tokens."""
+    keys: dict[str, bool] = {}
     tok_json = merged / "tokenizer.json"
-    if not tok_json.exists():
-        return
-    pre = json.loads(tok_json.read_text()).get("pre_tokenizer") or {}
-    pres = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    if not any(p.get("type") == "Metaspace" and p.get("prepend_scheme") in ("never", "first")
+    if tok_json.exists():
+        pre = json.loads(tok_json.read_text()).get("pre_tokenizer") or {}
+        pres = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+        if any(p.get("type") == "Metaspace" and p.get("prepend_scheme") in ("never", "first")
                for p in pres):
+            keys["tokenizer.ggml.add_space_prefix"] = False
+    if _template_opens_with_bos(merged):
+        keys["tokenizer.ggml.add_bos_token"] = False
+    if not keys:
         return
     fixed = out.with_name(out.name + ".prefix")
-    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(out), str(fixed)],
+    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(out), str(fixed), json.dumps(keys)],
                           capture_output=True, text=True, env=conv.env())
     if proc.returncode != 0:
         fixed.unlink(missing_ok=True)
-        raise ArtifactError(f"GGUF: could not set add_space_prefix on {out}: {proc.stderr[-500:]}")
+        raise ArtifactError(f"GGUF: could not set {', '.join(keys)} on {out}: {proc.stderr[-500:]}")
     fixed.replace(out)
-    log.info("set tokenizer.ggml.add_space_prefix=false to match the HF tokenizer")
+    log.info("set %s to match the HF tokenizer", ", ".join(f"{k}={v}" for k, v in keys.items()))
+
+
+def _template_opens_with_bos(merged: Path) -> bool:
+    """Whether the student's chat template renders the bos token itself."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    if tok.chat_template is None or tok.bos_token_id is None:
+        return False
+    ids = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                  tokenize=True)
+    return bool(ids) and ids[0] == tok.bos_token_id
 
 
 def quant_types() -> dict[str, int]:

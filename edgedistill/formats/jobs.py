@@ -25,10 +25,18 @@ log = logging.getLogger(__name__)
 
 def record_artifact(stage: Any, fmt: str, precision: str, path: Path, files: list[Path],
               parity: dict[str, Any], **extra: Any) -> None:
+    import hashlib
+
+    from edgedistill.train.templates import own_template
+
     run = stage.run
+    template = own_template(run.merged_dir) or ""  # the chat template the artifact carries
     stage.metrics["artifact"] = {"id": f"{fmt}-{precision}", "format": fmt, "precision": precision,
                                  "path": run.rel(path), "files": [run.rel(f) for f in files],
-                                 "source": run.rel(run.merged_dir), **extra}
+                                 "source": run.rel(run.merged_dir),
+                                 "chat_template": {"choice": run.recipe.student.chat_template,
+                                                   "sha256": hashlib.sha256(template.encode()).hexdigest()},
+                                 **extra}
     stage.metrics["parity"] = parity
 
 
@@ -90,9 +98,29 @@ def run_all(jobs: list[Job], run: Run, force: bool) -> list[str]:
     return failures
 
 
+class FormatsFailed(ArtifactError):
+    """Some artifacts failed their export or quantization (bad input, exit 2); ``failed`` holds
+    one line per failure, and the artifacts that passed are still in the run (``edgedistill run``
+    goes on with them: :func:`edgedistill.pipeline.run_pipeline`)."""
+
+    def __init__(self, message: str, *, failed: list[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.failed = list(failed)
+
+
+class FormatsCrashed(InternalError):
+    """As :class:`FormatsFailed`, where at least one job crashed (a bug, exit 3)."""
+
+    def __init__(self, message: str, *, failed: list[str], log: object = None,
+                 stage: str | None = None):
+        super().__init__(message, log=log, stage=stage)
+        self.failed = list(failed)
+
+
 def raise_failures(failures: list[str], run: Run) -> None:
-    """Nothing when every job passed; else an InternalError (exit 3, tracebacks in RUN/logs/) when
-    one crashed, or an ArtifactError (exit 2) naming each failure and the artifacts that passed."""
+    """Nothing when every job passed; else a :class:`FormatsCrashed` (exit 3, tracebacks in
+    RUN/logs/) when one crashed, or a :class:`FormatsFailed` (exit 2) naming each failure and the
+    artifacts that passed."""
     if not failures:
         return
     passed = ", ".join(a["id"] for a in list_artifacts(run)) or "none"
@@ -105,12 +133,13 @@ def raise_failures(failures: list[str], run: Run) -> None:
         path = crashlog.write(crashes[0].stage.partition(":")[0], run.root, body)
         kept = f"the traceback is in {path}" if path else "the traceback could not be written to a log"
         also = f"; {len(others)} other job(s) failed" if others else ""
-        raise InternalError(
+        raise FormatsCrashed(
             f"internal error in stage {', '.join(c.stage for c in crashes)} ({crashes[0].summary}); "
             f"{kept}{also}; the artifacts that passed: {passed}. This is a bug in an exporter or in "
-            "edgedistill: please report it with that file.", log=path, stage=crashes[0].stage)
-    raise ArtifactError(f"{len(failures)} artifact(s) failed in {run.root}:\n" + "\n".join(failures),
-                        hint=f"The artifacts that passed: {passed}.")
+            "edgedistill: please report it with that file.", log=path, stage=crashes[0].stage,
+            failed=[f"{c.stage}: crashed ({c.summary}); traceback in {path}" for c in crashes] + others)
+    raise FormatsFailed(f"{len(failures)} artifact(s) failed in {run.root}:\n" + "\n".join(failures),
+                        hint=f"The artifacts that passed: {passed}.", failed=failures)
 
 
 def settings(run: Run, **extra: Any) -> dict[str, Any]:

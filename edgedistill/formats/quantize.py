@@ -332,7 +332,12 @@ def quantize_jobs(run: Run, par: Checker, failures: list[str], ctx: Context | No
                                   algo=q.algo if p == "int4" else None, **extra,
                                   **(_matmul_types(run) if p == "int4" else {})),
                          lambda stage, p=p, c=bool(extra_in): _quantize_onnx(ctx, stage, p, c)))
-    if "ortgenai" in exp.formats:
+    export_failed = (run.stage_entry("export:ortgenai") or {}).get("status") == "failed"
+    if "ortgenai" in exp.formats and export_failed and any(
+            p != FORMATS["ortgenai"].full_precision for p in q.ortgenai):
+        failures.append("quantize ortgenai: not built, export:ortgenai failed (its log: "
+                        f"{run.logs_dir / 'ortgenai-fp32.log'})")
+    elif "ortgenai" in exp.formats:
         for p in q.ortgenai:
             if p != FORMATS["ortgenai"].full_precision:  # fp32 is the export itself
                 extra_in, extra = calibrated(int4_cal, ctx.cal_file)

@@ -26,6 +26,7 @@ from edgedistill.errors import GateFailed
 from edgedistill.artifacts import list_artifacts
 from edgedistill.hardware import Target, load_target
 from edgedistill.report.gates import describe, judge, verdict
+from edgedistill.report.headline import headline
 from edgedistill.rundir import Run
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ BENCH_FIELDS = ("runtime", "threads", "context", "n_ctx", "ttft_ms", "decode_tok
                 "bandwidth_gbs", "dram_bandwidth_gbs", "bytes_per_token", "bytes_per_token_basis",
                 "energy_per_token_j", "on_target", "not_on_target_because", "predicted_decode_tokens_per_s",
                 "predicted_basis", "predicted_peak_rss_mb", "predicted_peak_rss_basis", "note", "error",
-                "damaged", "ssh_host", "runtime_version", "thread_sweep", "budgets")
+                "damaged", "ssh_host", "runtime_version", "thread_sweep", "budgets",
+                "concurrency", "users_supported", "users_supported_reason", "service_level")
 HOST_FIELDS = ("hostname", "arch", "cpu", "board", "cores_logical", "ram_mb", "accelerators")
 
 
@@ -68,7 +70,8 @@ def _unmeasured(entry: dict[str, Any], asked: dict[str, Target], run: Run) -> li
 def build(run: Run) -> dict[str, Any]:
     """report.json's content, from the run's eval summary, bench records and artifacts."""
     from edgedistill.bench.run import load_bench
-    from edgedistill.evaluate.ladder import BASE, MERGED, TEACHER, load_summary
+    from edgedistill.evaluate.ladder import BASE, MERGED, RESAMPLE, TEACHER, load_summary
+    from edgedistill.judge.stage import load_judge_summary
     from edgedistill.evaluate.metrics import primary_metric
 
     recipe = run.recipe
@@ -93,12 +96,23 @@ def build(run: Run) -> dict[str, Any]:
                 out[set_name]["eval_n"] = r.get("n", s.get("n"))
         return out
 
+    judged = load_judge_summary(run) if recipe.eval.judge_config(recipe.task) else None
+    judge_rungs = (judged or {}).get("rungs", {})
+
+    def judge_fields(name: str) -> dict[str, Any]:
+        """judge_retention, its interval and the verdict counts of one rung, when it was judged."""
+        j = judge_rungs.get(name)
+        if not j:
+            return {}
+        return {k: j.get(k) for k in ("judge_retention", "judge_retention_ci95", "judge_score",
+                                      "judge_score_ci95", "judge") if k in j}
+
     def rung(name: str, model: str) -> dict[str, Any]:
         r = rungs.get(name) or {}
         return {"model": model, "score": r.get("score"), "score_ci95": r.get("score_ci95"),
                 "retention": r.get("retention"), "retention_ci95": r.get("retention_ci95"),
                 "eval_n": r.get("n", (summary or {}).get("n")) if r else None, "file": r.get("file"),
-                "eval_sets": on_sets(name)}
+                "eval_sets": on_sets(name), **judge_fields(name)}
 
     artifacts = []
     for art in list_artifacts(run, include_damaged=True):
@@ -113,7 +127,11 @@ def build(run: Run) -> dict[str, Any]:
             "parity": art.get("parity"), "quant_loss": art.get("quant_loss"),
             "eval_file": r.get("file"), "eval_sets": on_sets(art["id"]),
             "bench": {t: _bench_view(recs[art["id"]]) for t, recs in bench.items() if art["id"] in recs},
+            **judge_fields(art["id"]),
         }
+        if judged is not None:
+            entry["judge_calibration_trusted"] = judged["calibration"]["trusted"]
+            entry["judge_calibration_reason"] = judged["calibration"].get("reason")
         if art.get("damaged"):
             entry["damaged"] = True
         if entry["bytes"] is None:
@@ -163,17 +181,54 @@ def build(run: Run) -> dict[str, Any]:
                  "skipped_no_reference": (summary or {}).get("skipped_no_reference"),
                  "sets": {k: {"n": v.get("n"), "reference": v.get("reference")} for k, v in sets.items()}},
         "training_data": _training_data(run),
-        "teacher": rung(TEACHER, recipe.teacher.model),
+        "teacher": {**rung(TEACHER, recipe.teacher.model), **_teacher_judge(judged, rung(RESAMPLE, recipe.teacher.model))},
         "student_base": rung(BASE, recipe.student.model),
         "student_merged": rung(MERGED, run.rel(run.merged_dir)),
         "artifacts": artifacts,
         "targets": targets,
         "unchecked_budgets": [u for a in artifacts for u in a["gates"]["unchecked"]],
         "smallest_passing": {t: v["smallest_passing"] for t, v in targets.items()},
+        "headline": headline(run, artifacts, targets, bench),  # teacher vs shipped, per target
+        "judge_calibration": _calibration(judged),
+        "judge": _judge_block(judged),
         "gate_limits": gates,
         "gates": {**overall, "on_indeterminate": on_indeterminate},
         "seed_claims": _seed_claims(run),
     }
+
+
+def _teacher_judge(judged: dict[str, Any] | None, resample: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's own judged figures: its resample against itself (parity), its rubric mean or
+    judged score against gold."""
+    if judged is None:
+        return {}
+    out = {k: v for k, v in (judged.get("teacher") or {}).items()}
+    if resample.get("score") is not None:
+        out["resample"] = {k: resample.get(k) for k in ("score", "score_ci95", "retention", "retention_ci95",
+                                                         "judge_retention", "judge_retention_ci95", "judge")}
+    return out
+
+
+def _calibration(judged: dict[str, Any] | None) -> dict[str, Any] | None:
+    if judged is None:
+        return None
+    c = judged["calibration"]
+    return {"model": judged["judge"]["model"], **{k: c.get(k) for k in ("agreement", "kappa", "n", "trusted",
+                                                                          "min_agreement", "by_expected", "reason")},
+            "swap_consistency": _mean([r.get("judge", {}).get("swap_consistency") for r in judged["rungs"].values()])}
+
+
+def _judge_block(judged: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Who judged, how, and what it cost."""
+    if judged is None:
+        return None
+    return {"mode": judged["mode"], **judged["judge"], "rungs": judged.get("rungs_judged"),
+            "unique_questions": judged.get("unique_questions"), "cost": judged.get("cost")}
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return round(sum(vals) / len(vals), 6) if vals else None
 
 
 def _training_data(run: Run) -> dict[str, Any] | None:

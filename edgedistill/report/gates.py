@@ -6,10 +6,15 @@ pass, fail or indeterminate:
   interval is below the limit, pass when it is all at or above it, indeterminate when the limit
   lies inside it (without an interval, on the point value). ``min_eval_n`` refuses to judge it on
   fewer eval examples (a failure, saying so);
+- ``min_judge_retention``: the judge's retention (eval.judge), on its interval like
+  ``min_retention``; indeterminate, with the reason, when the judge's agreement with known verdicts
+  is under ``eval.judge.min_agreement``;
 - ``max_kld``: a quantized artifact's KL divergence from the merged model (``quant_loss.kld``), on
   its interval when it has one; a full-precision artifact without ``quant_loss`` passes;
 - ``runs``: an artifact that failed to load or run on a target fails there; ``intact``: one whose
   files changed since export fails;
+- ``min_users_supported``: the concurrency sweep's ``users_supported`` on each target (none
+  measured: fail; measured elsewhere: indeterminate);
 - bench gates (``max_peak_rss_mb``, ``min_decode_tokens_per_s`` p50, ``max_ttft_ms`` p50) on each
   target: on the target itself, its measurement decides. Measured on another machine, a host's
   figure never passes: the target's predicted figure fails the gate when even it misses (the
@@ -52,12 +57,22 @@ def _eval_gates(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[st
     if refused:
         out.append({"artifact": aid, "gate": "min_eval_n", "verdict": "fail", "value": n, "limit": min_n,
                     "reason": f"refusing to judge on {n or 0} eval example(s); gates.min_eval_n is {min_n}"})
-    limit = gates.get("min_retention")
-    if limit is not None and not refused:
-        value, ci = artifact.get("retention"), artifact.get("retention_ci95")
-        base = {"artifact": aid, "gate": "min_retention", "value": value, "limit": limit, "ci95": ci, "n": n}
+    # (gate, value field, why a missing value is missing, why a value cannot be trusted)
+    untrusted = artifact.get("judge_calibration_reason") or "the judge is not trusted" \
+        if artifact.get("judge_calibration_trusted") is False else None
+    for gate, field, missing, distrust in (
+            ("min_retention", "retention", "not evaluated (run `edgedistill eval`)", None),
+            ("min_judge_retention", "judge_retention", "not judged (eval.judge; run `edgedistill judge`)",
+             untrusted)):
+        limit = gates.get(gate)
+        if limit is None or refused:
+            continue
+        value, ci = artifact.get(field), artifact.get(f"{field}_ci95")
+        base = {"artifact": aid, "gate": gate, "value": value, "limit": limit, "ci95": ci, "n": n}
         if value is None:
-            out.append({**base, "verdict": "fail", "reason": "not evaluated (run `edgedistill eval`)"})
+            out.append({**base, "verdict": "fail", "reason": missing})
+        elif distrust:
+            out.append({**base, "verdict": "indeterminate", "reason": distrust})
         else:
             out.append({**base, "verdict": _interval_verdict(value, ci, limit, "min")})
     limit = gates.get("max_kld")
@@ -81,7 +96,7 @@ def _bench_gates(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[s
     if artifact.get("damaged"):
         out.append({"artifact": aid, "gate": "intact", "verdict": "fail", "value": None, "limit": None,
                     "reason": "its files changed since export; re-export it (`edgedistill export RUN --force`)"})
-    for gate in BENCH_GATES:
+    for gate in (*BENCH_GATES, "min_users_supported"):
         if gates.get(gate) is not None and not benches:
             out.append({"artifact": aid, "gate": gate, "verdict": "fail", "value": None, "limit": gates[gate],
                         "reason": "not benched (run `edgedistill bench`)"})
@@ -112,12 +127,29 @@ def _bench_gates(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[s
                                 "verdict": "indeterminate" if source == "recipe" else "unchecked",
                                 "reason": f"measured on {(b.get('measured_on') or {}).get('hostname')}, not on "
                                           f"{target}" + (" (the prediction cannot decide it)" if predicted else "")})
+        out += _users_gate(where, b, gates.get("min_users_supported"), here)
         ram = budgets.get("ram_mb")
         rss = b.get("peak_rss_mb") if here else b.get("predicted_peak_rss_mb")
         if ram is not None and rss is not None:
             out.append({**where, "gate": "ram_mb", "limit": ram, "value": rss, "predicted": not here,
                         "source": "target budget", "verdict": "fail" if rss > ram else "pass"})
     return out
+
+
+def _users_gate(where: dict[str, Any], b: dict[str, Any], limit: int | None, here: bool) -> list[dict[str, Any]]:
+    """``gates.min_users_supported``: the concurrency sweep's users_supported on the target."""
+    if limit is None:
+        return []
+    f = {**where, "gate": "min_users_supported", "limit": limit, "source": "recipe",
+         "value": b.get("users_supported")}
+    if f["value"] is None:
+        return [{**f, "verdict": "fail", "reason": b.get("users_supported_reason") or
+                 "no concurrency sweep (run `edgedistill bench RUN --concurrency 1,2,4,8,16`)"}]
+    if not here:
+        return [{**f, "verdict": "indeterminate", "reason": f"measured on "
+                 f"{(b.get('measured_on') or {}).get('hostname')}, not on {where['target']}"}]
+    return [{**f, "verdict": "pass" if f["value"] >= limit else "fail",
+             **({} if f["value"] >= limit else {"reason": b.get("users_supported_reason")})}]
 
 
 def judge(artifact: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any]]:
@@ -152,7 +184,7 @@ def describe(f: dict[str, Any]) -> str:
     if f["verdict"] == "indeterminate":
         why = f"; {f['reason']}" if f.get("reason") else ""
         return (f"{f['artifact']}: {name}{where} = {_num(f['value'])}{spread}: indeterminate against limit "
-                f"{f['limit']}{why if not f.get('ci95') else ' (the limit lies inside the interval)'}")
+                f"{f['limit']}{why if not f.get('ci95') or f.get('reason') else ' (the limit lies inside the interval)'}")
     op = ("<" if f["gate"].startswith("min_") else ">") if f["verdict"] == "fail" else \
         (">=" if f["gate"].startswith("min_") else "<=")
     return f"{f['artifact']}: {name}{where} = {_num(f['value'])} {op} limit {f['limit']}{spread}"

@@ -9,7 +9,8 @@ import html
 import io
 from typing import Any
 
-from edgedistill.report.sections import SETS_HEAD, eval_set_rows, training_lines
+from edgedistill.report.headline import html_section as headline_html, markdown_lines as headline_lines
+from edgedistill.report.sections import SETS_HEAD, eval_set_rows, training_lines, judge_lines, judge_rows
 
 PCTS = ("p50", "p90", "p99")
 
@@ -255,9 +256,11 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"# edgedistill report — {data['run_dir']}", "",
         f"Task `{data['task']}`, metric `{data['metric']}` against **{ref}** answers "
         f"(n = {_fmt(data['eval']['n'])}). Recipe: `{data['recipe']}`.", "",
+        *headline_lines(data),
         "## Retention ladder", "",
         _md_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data)), "",
         *(["## Eval sets", "", _md_table(SETS_HEAD, eval_set_rows(data)), ""] if eval_set_rows(data) else []),
+        *(["## The judge", "", *judge_lines(data), "", _md_table(*judge_rows(data)), ""] if judge_lines(data) else []),
         *(["## Training labels", "", *[f"- {line}" for line in training_lines(data)], ""]
           if training_lines(data) else []),
         "## Artifacts", "", _md_table(ART_HEAD, _artifact_rows(data)), "",
@@ -351,9 +354,10 @@ def render_html(data: dict[str, Any]) -> str:
 <style>{CSS}</style></head><body>
 <h1>edgedistill report</h1><p>{e(data['run_dir'])} — task <code>{e(data['task'])}</code>, metric
 <code>{e(data['metric'])}</code> against <b>{e(str(data.get('reference') or 'n/a'))}</b> answers
-(n = {e(_fmt(data['eval']['n']))}).</p>
+(n = {e(_fmt(data['eval']['n']))}).</p>{headline_html(data)}
 <h2>Retention ladder</h2>{_html_table([*LADDER_HEAD[:2], data["metric"], *LADDER_HEAD[3:]], _ladder_rows(data))}
 {"<h2>Eval sets</h2>" + _html_table(SETS_HEAD, eval_set_rows(data)) if eval_set_rows(data) else ""}
+{"<h2>The judge</h2>" + "".join(f"<p>{e(x)}</p>" for x in judge_lines(data)) + _html_table(*judge_rows(data)) if judge_lines(data) else ""}
 {"<h2>Training labels</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in training_lines(data)) + "</ul>" if training_lines(data) else ""}
 <h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
 <h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>

@@ -57,3 +57,66 @@ def training_lines(data: dict[str, Any]) -> list[str]:
     if t.get("eval_rejected_kept"):
         lines.append(f"{t['eval_rejected_kept']} eval replies failed a check and are scored as the teacher gave them.")
     return lines
+
+
+JUDGE_HEAD = ["rung", "metric retention", "judge retention [95% CI]", "wins / ties / losses / unscored",
+              "swap consistency", "length ratio", "rubric ratio"]
+GOLD_JUDGE_HEAD = ["rung", "metric retention", "judged score [95% CI]", "judge retention [95% CI]", "unscored"]
+
+
+def _judged_rungs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    teacher = data["teacher"]
+    named = [("teacher (resampled)", teacher.get("resample") or {}), ("student (before)", data["student_base"]),
+             ("student (merged)", data["student_merged"])] + [(a["id"], a) for a in data["artifacts"]]
+    return [(label, r) for label, r in named if r.get("judge_retention") is not None]
+
+
+def judge_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The judge's view of each judged rung beside the task metric's (empty without a judge)."""
+    j = data.get("judge")
+    if not j:
+        return [], []
+    rows = []
+    if j["mode"] == "gold":
+        t = data["teacher"]
+        rows.append(["teacher", "1", f"{_fmt(t.get('judge_score'))} {_interval(t.get('judge_score_ci95'))}", "1",
+                     _fmt(t.get("unscored"))])
+        for label, r in _judged_rungs(data):
+            rows.append([label, _fmt(r.get("retention")),
+                         f"{_fmt(r.get('judge_score'))} {_interval(r.get('judge_score_ci95'))}",
+                         f"{_fmt(r.get('judge_retention'))} {_interval(r.get('judge_retention_ci95'))}",
+                         _fmt((r.get("judge") or {}).get("unscored"))])
+        return GOLD_JUDGE_HEAD, rows
+    for label, r in _judged_rungs(data):
+        v = r.get("judge") or {}
+        rows.append([label, _fmt(r.get("retention")),
+                     f"{_fmt(r.get('judge_retention'))} {_interval(r.get('judge_retention_ci95'))}",
+                     f"{v.get('wins')} / {v.get('ties')} / {v.get('losses')} / {v.get('unscored')}",
+                     _fmt(v.get("swap_consistency")), _fmt(v.get("length_ratio")), _fmt(v.get("rubric_ratio"))])
+    return JUDGE_HEAD, rows
+
+
+def judge_lines(data: dict[str, Any]) -> list[str]:
+    """Who judged, how far it can be trusted on this run, and what it cost."""
+    j, c = data.get("judge"), data.get("judge_calibration")
+    if not j or not c:
+        return []
+    how = ("each reply against the teacher's, in both orders (a verdict that flips with the order is a tie); "
+           "judge retention = (wins + ties) / n" if j["mode"] == "pairwise" else
+           "each reply against the gold answer: right and in the form asked; judge retention = judged score "
+           "/ the teacher's")
+    lines = [f"Judge: {j.get('model')} ({j.get('backend')}, verdicts from {j.get('verdicts_from')}); {how}."]
+    if j.get("note"):
+        lines.append(f"Note: {j['note']}.")
+    known = ", ".join(f"{k}: {v['agreed']}/{v['n']}" for k, v in (c.get("by_expected") or {}).items())
+    lines.append(f"Calibration on {c.get('n')} verdicts known in advance ({known or 'none'}): agreement "
+                 f"{_fmt(c.get('agreement'))}, Cohen's kappa {_fmt(c.get('kappa'))}, swap consistency "
+                 f"{_fmt(c.get('swap_consistency'))}; " +
+                 ("trusted." if c.get("trusted") else f"not trusted: {c.get('reason')}; every judge gate is "
+                                                     "indeterminate."))
+    cost = j.get("cost") or {}
+    if cost.get("seconds") is not None:
+        lines.append(f"Cost: {j.get('unique_questions')} unique questions, {cost.get('prompt_tokens')} prompt tokens "
+                     f"({_fmt(cost.get('decoded_tokens'))} decoded after sharing prefixes), {cost.get('seconds')} s "
+                     "in this run's last judge stage.")
+    return lines

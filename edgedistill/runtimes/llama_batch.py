@@ -40,6 +40,8 @@ class Job:
     seeds: list[int] = field(default_factory=lambda: [0])
     temperatures: list[float] | None = None  # one per sample, instead of ``temperature``
     logprobs: int | None = None  # top-k logprobs per generated token
+    on_token: Callable[[int, int], None] | None = None  # (sample, token id) as each is generated
+    cancelled: bool = False  # set from any thread: the job ends at its next token ("cancelled")
 
     @property
     def samples(self) -> int:
@@ -173,6 +175,9 @@ class BatchedDecoder:
         return {**entry(chosen), "top_logprobs": [entry(t) for t in top]}
 
     def _sample(self, slot: _Slot, idx: int) -> None:
+        if slot.job.cancelled:
+            slot.result = Completion(slot.out, self.rt.decode(slot.out), "cancelled", slot.lp or None)
+            return
         tok = int(self.lc.llama_sampler_sample(slot.sampler, self.ctx, idx))
         if slot.job.logprobs:
             slot.lp.append(self._top_logprobs(idx, tok, slot.job.logprobs))
@@ -180,6 +185,8 @@ class BatchedDecoder:
             slot.result = Completion(slot.out, self.rt.decode(slot.out), "stop", slot.lp or None)
             return
         slot.out.append(tok)
+        if slot.job.on_token is not None:
+            slot.job.on_token(slot.index, tok)
         if len(slot.out) >= slot.job.max_tokens:
             slot.result = Completion(slot.out, self.rt.decode(slot.out), "length", slot.lp or None)
         else:
@@ -204,6 +211,18 @@ class BatchedDecoder:
         finally:
             self.close()
 
+    def serve(self, take: Callable[[bool], list[Job] | None],
+              done: Callable[[Job, list[Completion], float], None], n_ctx: int) -> None:
+        """Answer jobs as they arrive (a server's requests), in one ``n_ctx``-token context (the
+        KV cache all sequences share): ``take(idle)`` returns the jobs that arrived since it was
+        last called (while ``idle``, nothing is in flight and it may wait for one), or None to
+        stop once the jobs in flight are done. No shared prefix: each prompt is its own."""
+        self._open(n_ctx)
+        try:
+            self._loop(deque(), 0, done, take)
+        finally:
+            self.close()
+
     def _admit(self, queue: deque, free: list[_Slot], prefix_len: int) -> list[list[_Slot]]:
         groups = []
         while queue and len(free) >= queue[0].samples:
@@ -219,12 +238,21 @@ class BatchedDecoder:
             groups.append(group)
         return groups
 
-    def _loop(self, queue: deque, prefix_len: int, done: Callable) -> None:
+    def _loop(self, queue: deque, prefix_len: int, done: Callable,
+              arrivals: Callable[[bool], list[Job] | None] | None = None) -> None:
         slots = [_Slot(seq=s) for s in range(self.slots)]
         free = list(slots)
         groups: list[list[_Slot]] = []
         started: dict[int, float] = {}
-        while queue or groups:
+        while queue or groups or arrivals is not None:
+            if arrivals is not None:  # serving: admit what arrived; stop when told and idle
+                more = arrivals(not queue and not groups)
+                if more is None:
+                    arrivals = None
+                else:
+                    queue.extend(more)
+                if not queue and not groups:
+                    continue
             for g in self._admit(queue, free, prefix_len):
                 groups.append(g)
                 started[id(g[0].job)] = time.perf_counter()
@@ -275,3 +303,79 @@ class BatchedDecoder:
                     free.extend(g)
                     free.sort(key=lambda s: s.seq)
                     done(g[0].job, [s.result for s in g], time.perf_counter() - started.pop(id(g[0].job)))
+
+
+@dataclass
+class ScoreStats:
+    prompts: int = 0
+    prompt_tokens: int = 0  # what the prompts hold in all
+    decoded_tokens: int = 0  # what was decoded: a shared prefix counts once
+    seconds: float = 0.0
+
+
+def next_token_logprobs(rt: Runtime, groups: list[list[list[int]]], token_ids: list[int],
+                        done: Callable[[int, int, list[float]], None], *, slots: int = 8,
+                        n_batch: int = 512, threads: int | None = None) -> ScoreStats:
+    """The log-probability of each of ``token_ids`` as the next token after every prompt, in one
+    forward pass per prompt: no sampling, nothing generated. ``groups`` holds prompts that share a
+    long prefix (a judge's instructions and one conversation, asked about several replies): a
+    group's common prefix is decoded once into a sequence of its own and copied into each prompt's
+    sequence, and what consecutive groups share (the instructions) stays decoded between them.
+    ``done(group, index, logprobs)`` is called for each prompt as soon as it is scored."""
+    import numpy as np
+
+    dec = BatchedDecoder(rt, slots=slots, n_batch=n_batch, threads=threads)
+    lc, pre_seq = dec.lc, dec.slots
+    chunks = [(g, i, prompts[i:i + dec.slots]) for g, prompts in enumerate(groups)
+              for i in range(0, len(prompts), dec.slots) if prompts]
+    if not chunks:
+        return ScoreStats()
+    need = max(common_prefix(c) + sum(len(p) - common_prefix(c) for p in c) for _, _, c in chunks)
+    stats = ScoreStats()
+    t0 = time.perf_counter()
+    dec._open(need + 8)
+    try:
+        held: list[int] = []
+        for g, first, chunk in chunks:
+            pre = common_prefix(chunk)
+            keep = common_prefix([held + [-1], chunk[0][:pre] + [-2]]) if held else 0
+            if keep < len(held):
+                lc.llama_memory_seq_rm(dec.mem, pre_seq, keep, -1)
+            todo = chunk[0][keep:pre]
+            for start in range(0, len(todo), dec.n_batch):
+                part = todo[start:start + dec.n_batch]
+                for i, tok in enumerate(part):
+                    dec._add(i, tok, keep + start + i, pre_seq, False)
+                dec._decode(len(part))
+            held = chunk[0][:pre]
+            stats.decoded_tokens += len(todo)
+            feeds = []
+            for s, ids in enumerate(chunk):
+                lc.llama_memory_seq_cp(dec.mem, pre_seq, s, -1, -1)
+                feeds.append((s, ids[pre:]))
+                stats.prompts += 1
+                stats.prompt_tokens += len(ids)
+                stats.decoded_tokens += len(ids) - pre
+            # every suffix token in batches of n_batch; a sequence's last token asks for logits
+            flat = [(s, pre + j, tok, j == len(suffix) - 1) for s, suffix in feeds
+                    for j, tok in enumerate(suffix)]
+            for start in range(0, len(flat), dec.n_batch):
+                part = flat[start:start + dec.n_batch]
+                wants = []
+                for n, (s, pos, tok, last) in enumerate(part):
+                    dec._add(n, tok, pos, s, last)
+                    if last:
+                        wants.append((n, s))
+                dec._decode(len(part))
+                for n, s in wants:
+                    row = np.ctypeslib.as_array(lc.llama_get_logits_ith(dec.ctx, n),
+                                                shape=(rt.n_vocab,)).astype(np.float64)
+                    top = row.max()
+                    lse = top + np.log(np.exp(row - top).sum())
+                    done(g, first + s, [float(row[t] - lse) for t in token_ids])
+            for s, _ in feeds:
+                lc.llama_memory_seq_rm(dec.mem, s, -1, -1)
+    finally:
+        dec.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgedistill.config import TeacherConfig
+from edgedistill.registry import FREE_TEXT_TASKS
 from edgedistill.evaluate import metrics, tasks
 
 _REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry,? (?:but )?i (?:can|am|won)|i (?:can ?not|can't|won't|am unable to|'m unable to)"
     r" (?:help|assist|comply|provide|answer|do that|fulfil)|as an ai(?: language model)?,? i (?:can|don|am))", re.I)
-FREE_TEXT = ("summarization", "conversation")
 GOLD_MIN_ROUGE = 0.5  # a free-text answer "matches" a gold reference from this ROUGE-L F1 on
 
 
@@ -49,7 +49,7 @@ def check(task: str, cfg: TeacherConfig, rec: dict[str, Any] | None, prompt: dic
         return f"finish_reason:{rec.get('finish_reason')}"
     if not text.strip():
         return "empty"
-    if is_refusal(text):
+    if not cfg.keep_refusals and is_refusal(text):
         return "refusal"
     return tasks.check_answer(task, text, prompt, rec.get("messages"))
 
@@ -57,7 +57,7 @@ def check(task: str, cfg: TeacherConfig, rec: dict[str, Any] | None, prompt: dic
 def matches_gold(task: str, text: str, prompt: dict[str, Any]) -> bool:
     """The task's metric says ``text`` answers the prompt's gold answer."""
     score = metrics.score_example(task, text, str(prompt["answer"]), record=prompt)["score"]
-    return score >= (GOLD_MIN_ROUGE if task in FREE_TEXT else 1.0)
+    return score >= (GOLD_MIN_ROUGE if task in FREE_TEXT_TASKS else 1.0)
 
 
 @dataclass
@@ -88,7 +88,7 @@ def by_vote(task: str, texts: list[str | None], prompt: dict[str, Any], min_agre
         return Verdict(None, "majority", reason=first_reason or "no_response")
     if len(texts) == 1:
         return Verdict(valid[0][0], "unverified")
-    if task in FREE_TEXT:
+    if task in FREE_TEXT_TASKS:
         if len(valid) == 1:
             return Verdict(valid[0][0], "mbr", agreement=0.0)
         means = [sum(metrics.rouge_l(t, o) for j, o in valid if j != i) / (len(valid) - 1) for i, t in valid]

@@ -29,6 +29,7 @@ from edgedistill import models
 from edgedistill.config import cache_dir
 from edgedistill.errors import ConfigError
 from edgedistill.rundir import Run, remove_path
+from edgedistill.train.templates import NO_TEMPLATE_HINT, link_or_copy, with_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,17 @@ def is_gguf(ref: str) -> bool:
 def student_path(run: Run) -> str:
     """The local directory ``from_pretrained`` should load for the run's student: the recipe's
     directory, the hub snapshot of a hub id, or ``run.student_base`` for a GGUF student
-    (imported on first use)."""
+    (imported on first use). With ``student.chat_template`` other than ``model``, it is
+    ``run.student_base``: the student's files linked there, its tokenizer given that template
+    (:func:`with_chat_template`), so training, merge, export and eval all read the same one."""
+    src = _source_path(run)
+    choice = run.recipe.student.chat_template
+    if choice == "model":
+        return src
+    return str(with_chat_template(Path(src), run.student_base, choice))
+
+
+def _source_path(run: Run) -> str:
     student = run.recipe.student
     ref = student.model
     if is_gguf(ref):
@@ -102,7 +113,9 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
     source = {"gguf": str(gguf), "bytes": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
     if _imported(out, source):
         return out
-    key = hashlib.sha256(json.dumps({**source, "dtype": dtype}, sort_keys=True).encode()).hexdigest()[:16]
+    # "tokenizer": 2, SentencePiece vocabularies get a real tokenizer.model (rebuild_sentencepiece)
+    key = hashlib.sha256(json.dumps({**source, "dtype": dtype, "tokenizer": 2},
+                                    sort_keys=True).encode()).hexdigest()[:16]
     cached = cache_dir() / "imports" / f"{gguf.stem}-{key}"
     if not _imported(cached, source):  # the same file (path, size, time) was checked when imported
         from edgedistill.integrity import check_gguf
@@ -113,19 +126,10 @@ def import_gguf(gguf: Path, out: Path, dtype: str = "float32") -> Path:
         log.info("student %s: the import cached in %s", gguf.name, cached)
     tmp = out.with_name(f".{out.name}.partial")
     remove_path(tmp)
-    shutil.copytree(cached, tmp, copy_function=_link_or_copy)
+    shutil.copytree(cached, tmp, copy_function=link_or_copy)
     remove_path(out)
     tmp.rename(out)
     return out
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    """A hard link (nothing writes these files in place; a re-import replaces them), a copy across
-    file systems: the demo's 540 MB took 3.7 s to copy on this machine."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _dequantize(gguf: Path, out: Path, dtype: str, source: dict[str, Any]) -> None:
@@ -171,7 +175,125 @@ def save_gguf_tokenizer(gguf: Path, out: Path, *, normalise: bool = True, config
     tok.save_pretrained(out)
     if normalise:
         normalise_tokenizer(out)
+        rebuild_sentencepiece(Path(gguf), Path(out))
     return Path(out)
+
+
+PROBE = "Año 2024: 3.14 café naïve 🙂  two  spaces\tand\ttabs\n\nlines <start_of_turn>x"
+
+
+def rebuild_sentencepiece(gguf: Path, out: Path) -> dict[str, Any]:
+    """A SentencePiece GGUF's tokenizer.model, rebuilt from the GGUF's own vocabulary.
+
+    transformers saves a copy of the GGUF file itself as tokenizer.model: llama.cpp's converter
+    cannot parse it ("could not parse ModelProto"). The real one is rebuilt from the pieces,
+    scores and token types the GGUF carries (the same numbering as SentencePiece's), with its
+    special ids, byte fallback and space prefix; then tokenizer.json is rebuilt from it the way
+    transformers converts a checkpoint's own SentencePiece model, and kept where the import's
+    encodes probe texts (digits, accents, emoji, whitespace runs, special tokens) differently from
+    llama.cpp on the GGUF and the rebuilt one does not (:func:`_tokenizer_json_from_sentencepiece`)."""
+    if not (out / "tokenizer.model").exists():
+        return {}
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+
+    def value(key: str, default: Any = None) -> Any:
+        f = reader.fields.get(key)
+        if f is None:
+            return default
+        v = f.contents() if hasattr(f, "contents") else f.parts[f.data[0]]
+        return v
+
+    if value("tokenizer.ggml.model") != "llama":  # not SentencePiece: nothing to rebuild
+        (out / "tokenizer.model").unlink()
+        return {"tokenizer.model": "removed (not a SentencePiece vocabulary)"}
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    tokens, scores = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores")
+    types = value("tokenizer.ggml.token_type")
+    proto = pb.ModelProto()
+    for piece, score, kind in zip(tokens, scores or [0.0] * len(tokens), types or [1] * len(tokens)):
+        sp = proto.pieces.add()
+        sp.piece, sp.score, sp.type = piece, float(score), int(kind)
+    spec = proto.trainer_spec
+    spec.model_type = pb.TrainerSpec.BPE
+    spec.vocab_size = len(tokens)
+    spec.byte_fallback = any(int(t) == 6 for t in (types or []))
+    for name, key in (("unk_id", "unknown"), ("bos_id", "bos"), ("eos_id", "eos"), ("pad_id", "padding")):
+        setattr(spec, name, int(value(f"tokenizer.ggml.{key}_token_id", -1)))
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(value("tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = bool(value("tokenizer.ggml.remove_extra_whitespaces", False))
+    norm.escape_whitespaces = True
+    _replace_bytes(out / "tokenizer.model", proto.SerializeToString())
+    changes = {"tokenizer.model": f"rebuilt from the GGUF vocabulary ({len(tokens)} pieces)"}
+    changes.update(_tokenizer_json_from_sentencepiece(out, gguf))
+    log.info("SentencePiece tokenizer in %s: %s", out, ", ".join(f"{k} {v}" for k, v in changes.items()))
+    return changes
+
+
+def _tokenizer_json_from_sentencepiece(out: Path, gguf: Path) -> dict[str, str]:
+    """tokenizer.json converted from the rebuilt tokenizer.model by the tokenizer's own class
+    (what a checkpoint that ships its SentencePiece model gets), kept when it encodes the probe
+    texts as llama.cpp does with the GGUF itself (the tokenizer the model was made with) and the
+    import's does not; transformers' own GGUF conversion of a SentencePiece vocabulary differs
+    from llama.cpp's on whitespace runs and byte fallback."""
+    import tempfile
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    before = AutoTokenizer.from_pretrained(out)
+    texts = (PROBE, PROBE.lower(), " " + PROBE)
+    truth = _gguf_ids(gguf, texts)
+    name = json.loads((out / "tokenizer_config.json").read_text()).get("tokenizer_class") or ""
+    cls = getattr(transformers, name if name.endswith("Fast") else name + "Fast", None)
+    if cls is None:
+        return {"tokenizer.json": f"kept (no fast class for {name or 'its class'})"}
+    specials = [t for t in before.all_special_tokens
+                if t not in (before.bos_token, before.eos_token, before.unk_token, before.pad_token)]
+    specials += [t.content for t in before.added_tokens_decoder.values() if t.content not in specials]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        try:
+            rebuilt = cls(vocab_file=str(out / "tokenizer.model"), bos_token=before.bos_token,
+                          eos_token=before.eos_token, unk_token=before.unk_token,
+                          pad_token=before.pad_token, add_bos_token=getattr(before, "add_bos_token", True),
+                          add_eos_token=getattr(before, "add_eos_token", False))
+            rebuilt.add_special_tokens({"additional_special_tokens": specials})
+        except (ValueError, TypeError, OSError, KeyError) as e:
+            return {"tokenizer.json": f"kept ({type(e).__name__} converting the rebuilt model: {e})"}
+        ids_new = [rebuilt(t, add_special_tokens=False).input_ids for t in texts]
+        ids_old = [before(t, add_special_tokens=False).input_ids for t in texts]
+        if truth is not None and ids_old == truth:
+            return {"tokenizer.json": "kept (it encodes as llama.cpp does)"}
+        if ids_new != (truth if truth is not None else ids_old):
+            log.warning("the tokenizer rebuilt from %s encodes differently from %s; the import's kept",
+                        gguf.name, "llama.cpp" if truth is not None else "the import")
+            return {"tokenizer.json": "kept (the rebuilt one encodes differently)"}
+        rebuilt.save_pretrained(tmp)
+        os.replace(Path(tmp) / "tokenizer.json", out / "tokenizer.json")
+    return {"tokenizer.json": "rebuilt from it (the same ids as llama.cpp on the probe texts)"}
+
+
+def _gguf_ids(gguf: Path, texts: tuple[str, ...]) -> list[list[int]] | None:
+    """llama.cpp's own ids for ``texts`` with the GGUF's vocabulary (None without llama.cpp)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    llm = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    try:
+        return [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts]
+    finally:
+        llm.close()
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _end_of_turn(vocab: dict[str, int], template: str | None) -> str | None:
@@ -244,9 +366,8 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.chat_template is None:
-        raise ConfigError(f"The student at {path} has no chat template.",
-                          hint="edgedistill trains on the student's own chat template: pick an "
-                               "instruct/chat model, or add chat_template.jinja to its directory.")
+        raise ConfigError(f"The student at {path} has no chat template (a base model).",
+                          hint=NO_TEMPLATE_HINT)
     eot = _end_of_turn(tok.get_vocab(), tok.chat_template)
     if eot and tok.eos_token != eot:
         tok.eos_token = eot
