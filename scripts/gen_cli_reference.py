@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
+from generated import between, write_or_check  # scripts/generated.py
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
@@ -34,23 +36,9 @@ def reference() -> str:
     return "\n".join(blocks)
 
 
-def render(text: str) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{reference()}{END}{tail}"
-
-
 def main() -> int:
-    text = README.read_text()
-    new = render(text)
-    if "--check" in sys.argv:
-        if new != text:
-            print("README.md's CLI reference is out of date: run python scripts/gen_cli_reference.py")
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"updated {README}")
-    return 0
+    new = between(README.read_text(), START, END, reference())
+    return write_or_check(README, new, "README.md's CLI reference", "python scripts/gen_cli_reference.py")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from generated import between  # scripts/generated.py
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 NAMES = ("demo", "support")  # a README section and a snapshot each: docs/NAME-results.json
@@ -223,10 +225,7 @@ def render(s: dict, name: str = "demo") -> str:
 
 
 def rewrite(text: str, section: str, name: str = "demo") -> str:
-    start, end = markers(name)
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{section}{end}{tail}"
+    return between(text, *markers(name), section)
 
 
 def main() -> int:

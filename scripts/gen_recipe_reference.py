@@ -24,6 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from generated import write_or_check  # scripts/generated.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document this checkout's models, whatever is installed
 OUT = ROOT / "docs" / "recipes.md"
@@ -194,16 +196,7 @@ def render() -> str:
 
 
 def main() -> int:
-    new = render()
-    if "--check" in sys.argv:
-        old = OUT.read_text() if OUT.exists() else ""
-        if new != old:
-            print("docs/recipes.md is out of date: run python scripts/gen_recipe_reference.py")
-            return 1
-        return 0
-    OUT.write_text(new)
-    print(f"updated {OUT}")
-    return 0
+    return write_or_check(OUT, render(), "docs/recipes.md", "python scripts/gen_recipe_reference.py")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from generated import between, write_or_check  # scripts/generated.py
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "support-matrix.json"
@@ -51,8 +53,6 @@ def table(results: dict) -> str:
 
 
 def render(text: str, results: dict) -> str:
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
     intro = ("Each row: a tiny random model (hidden 64, 2 layers) built from the family's transformers "
              "config class, LoRA-trained 2 steps, merged, exported and quantized with every artifact's "
              "parity check, and evaluated (`tests/test_families.py`, which records "
@@ -61,21 +61,12 @@ def render(text: str, results: dict) -> str:
              "format. The last column: the same token ids from the HF tokenizer, llama.cpp and ORT "
              "GenAI on a text with digits, accents, emoji, whitespace runs and special tokens, and "
              "on its chat prompt.\n\n")
-    return f"{head}{START}\n{intro}{table(results)}{END}{tail}"
+    return between(text, START, END, intro + table(results))
 
 
 def main() -> int:
-    results = json.loads(RESULTS.read_text())
-    text = README.read_text()
-    new = render(text, results)
-    if "--check" in sys.argv:
-        if new != text:
-            print("README.md's support table is out of date: run python scripts/gen_support_table.py")
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"updated {README}")
-    return 0
+    new = render(README.read_text(), json.loads(RESULTS.read_text()))
+    return write_or_check(README, new, "README.md's support table", "python scripts/gen_support_table.py")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tiny import TINY_TOKENIZER
+from tiny import TINY_TOKENIZER, save_tiny
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 64, 2, 4, 2
 
@@ -80,7 +80,7 @@ def build_family_model(name: str, out: Path, *, seed: int = 0, spm_dir: Path | N
     """The tiny ``name`` student saved as an HF directory at ``out``."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cls_name, extra, tok_kind = FAMILIES[name]
     tok_dir = TINY_TOKENIZER if tok_kind == "chatml" else spm_dir or sentencepiece_tokenizer(out.parent / "spm")
@@ -96,13 +96,7 @@ def build_family_model(name: str, out: Path, *, seed: int = 0, spm_dir: Path | N
         kwargs["tie_word_embeddings"] = True  # as Gemma ships
     config = cfg_cls(**kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(out)
-    return out
+    return save_tiny(AutoModelForCausalLM.from_config(config).eval(), tok, out)
 
 
 def model_type(folder: Path) -> str:

@@ -4,7 +4,6 @@ fails from the command line naming the key (exit 2) before any stage starts."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -21,9 +20,8 @@ from edgedistill.hardware import Target, load_target
 from edgedistill.schema import bundled
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gen_recipe_reference", ROOT / "scripts" / "gen_recipe_reference.py")
-gen = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+sys.path.insert(0, str(ROOT / "scripts"))  # the generator imports its neighbour scripts/generated.py
+import gen_recipe_reference as gen  # noqa: E402
 
 RECIPE_KEYS = gen.keys(Recipe)
 TARGET_KEYS = gen.keys(Target)

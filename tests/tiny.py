@@ -14,7 +14,7 @@ def build_tiny_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int =
     """A 2-layer Llama (hidden 64, intermediate twice that) with the tiny ChatML tokenizer, saved
     as an HF directory."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     config = LlamaConfig(
@@ -25,7 +25,13 @@ def build_tiny_model(out: Path, *, seed: int = 0, layers: int = 2, hidden: int =
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    return save_tiny(LlamaForCausalLM(config).eval(), tok, out)
+
+
+def save_tiny(model, tok, out: Path) -> Path:
+    """A model, its tokenizer and a greedy generation config saved as an HF directory."""
+    from transformers import GenerationConfig
+
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
