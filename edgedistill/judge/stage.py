@@ -253,7 +253,7 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
     if mode == "gold":
         from edgedistill.evaluate.metrics import score_example
 
-        judged = {}
+        judged, known = {}, {}  # known: question key -> (expected, judged): a reply once, however many rungs gave it
         for rung in ["teacher"] + rungs:
             scores, rows = {}, []
             for ex in examples:
@@ -262,12 +262,13 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
                 label = (v or {}).get("label")
                 scores[ex["id"]] = 1.0 if label == "Yes" else 0.0
                 right = score_example(recipe.task, reply, str(ex["answer"]), False, ex)["score"] >= 1.0
-                if label is not None and (not right or rung == "teacher" and right):
-                    calib.append(("Yes" if right else "No", label))
+                if label is not None and (not right or rung == "teacher"):
+                    known[per_example[ex["id"]][rung]["gold"].key] = ("Yes" if right else "No", label)
                 rows.append({"id": ex["id"], "judged": label, "p_yes": ((v or {}).get("probs") or {}).get("Yes"),
                              "metric_right": right, "reason": (v or {}).get("reason")})
             judged[rung] = scores
             out["_rows"][rung] = rows
+        calib += list(known.values())
         teacher_scores = judged["teacher"]
         t_mean = sum(teacher_scores.values()) / len(teacher_scores)
         out["teacher"] = {"judge_score": round(t_mean, 6), "judge_score_ci95": mean_ci(list(teacher_scores.values())),
