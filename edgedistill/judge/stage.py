@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.config import JudgeConfig, Recipe
-from edgedistill.data import append_jsonl, content_id, read_jsonl
+from edgedistill.data import append_jsonl, content_id, read_jsonl, write_jsonl
 from edgedistill.errors import ConfigError, DataError
 from edgedistill.judge import prompts
 from edgedistill.judge.scoring import Question, ask, identity
@@ -180,10 +180,7 @@ def judge(run: Run, *, force: bool = False) -> None:
                        unique_questions=len(unique), asked_now=len(todo),
                        cost=_cost(cost, None if force else load_judge_summary(run)))
         for name, rows in summary.pop("_rows").items():
-            path = out_dir / f"{name}.jsonl"
-            from edgedistill.data import write_jsonl
-
-            write_jsonl(stage.output(path), rows)
+            write_jsonl(stage.output(out_dir / f"{name}.jsonl"), rows)
         stage.output(out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         stage.metrics.update(mode=mode, unique_questions=len(unique), asked=len(todo),
                              agreement=summary["calibration"]["agreement"],
@@ -194,8 +191,8 @@ def judge(run: Run, *, force: bool = False) -> None:
 
 
 def _cost(now: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """What the verdicts in the log cost to ask: this stage's asking added to what earlier runs
-    of it (killed, or with other rungs) spent on the verdicts they left there."""
+    """What the verdicts in the log cost to ask: this stage's asking added to what the last run of
+    it that finished had recorded (a killed run records nothing; --force starts from zero)."""
     before = (previous or {}).get("cost") or {}
     total = {k: (now.get(k) or 0) + (before.get(k) or 0) for k in ("questions", "prompt_tokens", "seconds")}
     decoded = [c.get("decoded_tokens") for c in (now, before) if c]
