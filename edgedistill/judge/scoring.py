@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -129,10 +128,12 @@ def _ask_gguf(cfg: TeacherConfig, questions: list[Question],
 
 
 def _logsumexp(values: list[float]) -> float | None:
+    """log(sum(exp(values))): a label's probability over the tokens that spell it; None for none."""
     if not values:
         return None
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
+    from scipy.special import logsumexp
+
+    return float(logsumexp(values))
 
 
 # --- an endpoint or transformers ------------------------------------------------------------------
