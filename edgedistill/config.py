@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -126,6 +127,18 @@ class StudentConfig(Strict):
         if not p.is_file():
             raise ValueError(f"{v!r} is none of model, chatml, gemma, llama3, nor a Jinja file that exists")
         return str(p.resolve())
+
+    @model_validator(mode="after")
+    def _packaged_template(self) -> "StudentConfig":
+        # a packaged base model names the built-in template it is trained with (models.REGISTRY),
+        # recorded in the run's config.yaml like a recipe's own choice
+        if self.chat_template == "model" and self.model.startswith("pypi:"):
+            from edgedistill.catalog import REGISTRY
+
+            entry = REGISTRY.get(self.model[len("pypi:"):])
+            if entry is not None and entry.chat_template != "model":
+                self.chat_template = entry.chat_template
+        return self
 
 
 class LoraConfig(Strict):
@@ -289,9 +302,6 @@ class JudgeConfig(Strict):
     rungs: list[str] = ["teacher_resample", "student_base", "student_merged", "shipped"]
     # the rubric replies are scored 1-5 against (null: the bundled one for support replies)
     rubric: Union[str, None] = None
-    # a pair's order-averaged preference (P(rung's reply) - P(teacher's), A/B and B/A averaged)
-    # within this of 0 is a tie; a small judge's pull toward reply A cancels in the average
-    tie_margin: float = Field(0.02, ge=0.0, lt=1.0)
     max_reply_tokens: int = Field(256, ge=8)  # a reply is cut to this many words in a judge prompt
     # the calibration rungs (teacher_resample, student_base) are judged on the first N eval
     # examples only (null: all): what the judge's trust and the parity check cost
@@ -299,6 +309,17 @@ class JudgeConfig(Strict):
     # the judge's agreement with known verdicts (its calibration set) below this: every gate that
     # rests on the judge is indeterminate
     min_agreement: float = Field(0.7, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        # tie_margin (a fixed tie zone on the pair's preference) is retired: a pair is read against
+        # the run's own noise scale (docs/judge.md); a run directory saved with it still opens
+        if isinstance(data, dict) and "tie_margin" in data:
+            logging.getLogger(__name__).warning("eval.judge.tie_margin is retired and ignored "
+                                                "(a pair is read against the run's noise scale)")
+            data = {k: v for k, v in data.items() if k != "tie_margin"}
+        return data
 
 
 class EvalConfig(Strict):
@@ -323,9 +344,9 @@ class EvalConfig(Strict):
 
 class GatesConfig(Strict):
     min_retention: Union[float, None] = Field(0.9, ge=0.0)  # judged on its 95% bootstrap interval
-    # judge retention ((wins + ties) / n against the teacher, or the judged score against gold over
-    # the teacher's), on its interval; indeterminate when the judge's agreement is below
-    # eval.judge.min_agreement
+    # judge retention (twice the win rate against the teacher, 1 at parity; or the judged score
+    # against gold over the teacher's), on its interval; indeterminate when the judge's agreement is
+    # below eval.judge.min_agreement
     min_judge_retention: Union[float, None] = Field(None, ge=0.0)
     max_peak_rss_mb: Union[float, None] = Field(None, gt=0)  # per artifact and target: the bench's peak RSS
     min_decode_tokens_per_s: Union[float, None] = Field(None, gt=0)  # per artifact and target: p50

@@ -17,7 +17,7 @@ the merged student and top-1 agreement at the eval answers and over whole chats
 (formats/quant_loss.py), and its task score on the eval split (greedy, evaluate/metrics.py
 score_example against the gold answers; the teacher's reply where a record has none), beside the
 merged student's; with ``--answer-ms``, also the time to a whole 32-token answer after a 64-token
-prompt on every core (the bench's measurement, as ``scripts/seed_claims.py`` takes it).
+prompt on every core (the bench's measurement, as the report's headline takes it).
 
 The run is not modified: a work run (default: a temp dir) gets the merged student (hard links)
 and the train/eval split, and its own exports; ``--set`` changes its recipe as the CLI's does
@@ -192,7 +192,7 @@ def work_run(src_root: Path, work: Path, formats: list[str], overrides: list[str
 
 def answer_ms(fmt: str, path: str, threads: int) -> float | None:
     """Time to a whole 32-token answer after a 64-token prompt (first token + 31 more), the
-    artifact alone in a process of its own, as ``scripts/seed_claims.py`` measures it."""
+    artifact alone in a process of its own, as ``edgedistill bench`` measures it."""
     from edgedistill.bench.device import KIND_OF_FORMAT, measure_in_subprocess
     from edgedistill.bench.measure import whole_answer_ms
 

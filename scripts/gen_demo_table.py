@@ -2,15 +2,16 @@
 report.json and manifest.json, through docs/demo-results.json (committed, so a test can check the
 README against it, as the CLI reference is checked against --help).
 
-    python scripts/gen_demo_table.py runs/demo      # after `edgedistill run` and scripts/seed_claims.py
+    python scripts/gen_demo_table.py runs/demo      # after `edgedistill run` (and bench --concurrency)
     python scripts/gen_demo_table.py runs/support --name support   # the support profile's section
     python scripts/gen_demo_table.py --check         # exit 1 when README.md does not match the snapshots
 
 The snapshot keeps what the table shows (scores and retention with their 95% intervals on the eval
-split and on each eval set, sizes, bench figures, the seed-claim measurements, how the training
-labels were verified, stage seconds and the wall time from the manifest's timestamps), the host
-and the package versions, so a stranger can see where each number came from and recompute it by
-running the same two commands.
+split and on each eval set, sizes, bench figures, the report's headline -- the teacher against the
+shipped artifact on each target, set beside the seed's claims --, how the training labels were
+verified, stage seconds and the wall time from the manifest's timestamps), the host and the
+package versions, so a stranger can see where each number came from and recompute it by running
+the same commands.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import time
 from pathlib import Path
 
 from generated import between  # scripts/generated.py
+from seed_claims import compare  # scripts/seed_claims.py: the headline against the seed's claims
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-NAMES = ("demo", "support")  # a README section and a snapshot each: docs/NAME-results.json
+NAMES = ("demo", "support", "gemma")  # a README section and a snapshot each: docs/NAME-results.json
+# sections that set a run beside the demo's (the same profile, another student): one row a student
+COMPACT = {"gemma": "--set student.model=pypi:gemma-3-270m"}
 
 
 def snapshot_path(name: str) -> Path:
@@ -68,7 +72,7 @@ def snapshot(run_dir: Path) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
-    # `run` ends with the report stage, which seed_claims.py's users run again later: the wall time
+    # `run` ends with the report stage, which a later bench or report runs again: the wall time
     # is up to the last other stage, plus the report's own seconds
     finished = [_ts(s["finished_at"]) + (stages.get("report", {}).get("seconds") or 0)
                 for name, s in stages.items() if s.get("finished_at") and name != "report"]
@@ -99,7 +103,7 @@ def snapshot(run_dir: Path) -> dict:
         "student_merged": {k: report["student_merged"].get(k) for k in rung_keys},
         "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
         "gates": {"verdict": report["gates"].get("verdict"), "limits": report.get("gate_limits")},
-        "seed_claims": report.get("seed_claims"),
+        "headline": report.get("headline"),
         "by_kind": by_kind(run_dir, ["teacher", "student_merged",
                                      (report.get("smallest_passing") or {}).get("cpu-x86") or "student_merged"]),
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
@@ -119,7 +123,82 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.0f}%"
 
 
+def _service_level(limits: dict | None) -> str:
+    limits = limits or {}
+    parts = [text.format(limits[key]) for key, text in (("max_ttft_ms_p95", "p95 TTFT ≤ {:g} ms"),
+                                                          ("min_tokens_per_s_per_user", "≥ {:g} tokens/s per user"))
+             if limits.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def headline_sentence(heads: dict, target: str = "cpu-x86") -> str | None:
+    """The report's headline on ``target`` (else the first benched one), as scripts/seed_claims.py
+    sets it against the seed's claims: every figure from report.json's ``headline``."""
+    if not heads:
+        return None
+    name = target if target in heads else next(iter(heads))
+    h = heads[name]
+    c = compare(h)
+    m, u, ci = c["measured"], c["users_supported"], c["retention_ci95"]
+    ret = f"{_pct(m['retention'])} retention" + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+    lead = (f"The report's headline on {name} (`python scripts/seed_claims.py RUN` sets it against the seed's "
+            f"85% lower latency, 95% lower memory, 92% retention and 10x users): {c['artifact']} "
+            f"({c['shipped_basis']})")
+    if not c["teacher_measured"]:
+        return f"{lead} keeps {ret} of the teacher's score; the teacher was not measured on {name}: {c['note']}."
+    level = f"users at once under the service level{_service_level(u['service_level'])}"
+    if u["artifact"] is None or u["teacher"] is None:
+        users = f"users at once: not measured, {u['note']}"
+    elif u["teacher"] == 0:
+        users = f"{level}: {u['artifact']} against none for the teacher"
+    else:
+        users = f"{level}: {u['artifact']} against the teacher's {u['teacher']}, {m['users_multiple']:.1f}x"
+    where = "" if c["on_target"] else f" ({c['note']})"
+    return (f"{lead} against the teacher {c['teacher_model']}, by the same bench on the same machine{where}: "
+            f"{_pct(m['latency_reduction'])} less time to a whole {c['generate_tokens']}-token answer, "
+            f"{_pct(m['memory_reduction'])} lower peak RSS, {_pct(c['size_reduction'])} smaller weights, {ret}; "
+            f"{users}.")
+
+
+def legacy_seed_sentence(sc: dict | None, shipped: str | None) -> str | None:
+    """A snapshot taken before report.json had a headline (docs/demo-results.json until the demo
+    is run again): the old scripts/seed_claims.py measurement it kept, as the README showed it."""
+    if not sc:
+        return None
+    r = next((a for a in sc["artifacts"] if a["id"] == shipped), None) or sc["artifacts"][0]
+    return (f"`scripts/seed_claims.py` against the teacher GGUF, for {r['id']} (the smallest artifact "
+            f"passing every gate): {_pct(r['latency_reduction'])} less time to a whole "
+            f"{sc['settings']['generate_tokens']}-token answer, {_pct(r['memory_reduction'])} lower peak "
+            f"RSS, {_pct(r['size_reduction'])} smaller weights, {_pct(r['retention'])} retention "
+            f"(seed: 85% lower latency, 95% lower memory, 92% retention).")
+
+
+def render_students(s: dict, name: str) -> str:
+    """The demo's shipped student beside another student's run of the same profile."""
+    demo_path = snapshot_path("demo")
+    runs = ([("demo", json.loads(demo_path.read_text()))] if demo_path.is_file() else []) + [(name, s)]
+    out = [f"The demo's recipe with another student (`edgedistill run {COMPACT[name]}`), on "
+           f"{s['source'].get('host') or 'this host'}; {s['metric']} on the {s['eval']['n']} held-out "
+           "questions, the shipped artifact's retention with its 95% interval. Every artifact passed "
+           "its parity check.", "",
+           "| student | before → merged | shipped | retention [95% CI] | size | decode tok/s | peak RSS | whole run |",
+           "|---|---|---|---|---|---|---|---|"]
+    for _, r in runs:
+        ship = (r.get("smallest_passing") or {}).get("cpu-x86")
+        a = next((x for x in r["artifacts"] if x["id"] == ship), None) or {}
+        out.append(f"| {r['student_base']['model']} | {_n(r['student_base'].get('score'))} → "
+                   f"{_n(r['student_merged'].get('score'))} | {ship or 'none passes'} | "
+                   f"{_n(a.get('retention')) + _ci(a.get('retention_ci95'))} | "
+                   f"{a['bytes'] / 1e6:.0f} MB | {_n(a.get('decode_tokens_per_s'), 0)} | "
+                   f"{_n(a.get('peak_rss_mb'), 0)} MB | "
+                   f"{(r.get('wall_seconds') or 0) / 60:.1f} min |" if a else f"| {r['student_base']['model']} | | none | | | | | |")
+    out += ["", f"Snapshot: `docs/{name}-results.json` (`python scripts/gen_demo_table.py RUN --name {name}`)."]
+    return "\n".join(out) + "\n"
+
+
 def render(s: dict, name: str = "demo") -> str:
+    if name in COMPACT:
+        return render_students(s, name)
     sets = list((s["eval"].get("sets") or {}))
     judge = s.get("judge") or {}
     gold_judge = judge.get("mode") == "gold"
@@ -198,15 +277,9 @@ def render(s: dict, name: str = "demo") -> str:
                    f"the rest were rejected ({rejected}).")
         out.append("")
     shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
-    sc = s.get("seed_claims")
-    if sc:
-        r = next((a for a in sc["artifacts"] if a["id"] == shipped), None) or sc["artifacts"][0]
-        out.append(f"`scripts/seed_claims.py` against the teacher GGUF, for {r['id']} (the smallest artifact "
-                   f"passing every gate): {_pct(r['latency_reduction'])} less time to a whole "
-                   f"{sc['settings']['generate_tokens']}-token answer, {_pct(r['memory_reduction'])} lower peak "
-                   f"RSS, {_pct(r['size_reduction'])} smaller weights, {_pct(r['retention'])} retention "
-                   f"(seed: 85% lower latency, 95% lower memory, 92% retention).")
-        out.append("")
+    sentence = headline_sentence(s.get("headline") or {}) or legacy_seed_sentence(s.get("seed_claims"), shipped)
+    if sentence:
+        out += [sentence, ""]
     kinds = s.get("by_kind") or {}
     if kinds:
         rungs = list(dict.fromkeys(r for cells in kinds.values() for r in cells))

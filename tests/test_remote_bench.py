@@ -192,3 +192,28 @@ def test_reaching_a_host_over_ssh_does_not_make_it_the_target(ssh_env, tmp_path,
     bench_run.bench(run, target=str(same), host=host)
     rec = json.loads((run.bench_dir / "this-machine" / "gguf-q4_1.json").read_text())
     assert rec["on_target"] is True and rec["not_on_target_because"] == [] and "note" not in rec
+
+
+def test_remote_bench_sweeps_concurrency_over_real_sshd(ssh_env, tmp_path, tiny_gguf):
+    """``bench --host --concurrency``: the sweep runs on the device by the same torch-free runner,
+    for the artifact and a local GGUF teacher alike, with the run's eval prompts sent along."""
+    from test_concurrency import EVAL, target
+
+    host, d = ssh_env
+    run = make_run(tmp_path / "r", EVAL, teacher={"backend": "gguf", "model": str(tiny_gguf), "base_url": None})
+    gguf_artifact(run, tiny_gguf, "f32")
+    easy = target(tmp_path, "easy-x86", max_ttft_ms_p95=600000, min_tokens_per_s_per_user=0.5)
+    bench_run.bench(run, target=str(easy), host=host, concurrency="1,2")
+
+    for aid in ("gguf-f32", "teacher"):
+        rec = json.loads((run.bench_dir / "easy-x86" / f"{aid}.json").read_text())
+        sweep = rec["concurrency"]
+        assert rec["ssh_host"] == host and sweep["torch_imported"] is False
+        assert sweep["engine"] == "continuous batching" and sweep["prompt_source"] == "the run's eval prompts"
+        assert [lv["users"] for lv in sweep["levels"]] == [1, 2]
+        assert all(lv["errors"] == 0 and lv["output_tokens"] > 0 for lv in sweep["levels"])
+        assert rec["users_supported"] == 2 and rec["service_level"]["max_ttft_ms_p95"] == 600000
+    device = next((tmp_path / "device-home").iterdir())
+    sent = json.loads((device / "spec.json").read_text())
+    assert sent["settings"]["concurrency"] == [1, 2] and len(sent["prompts"]) == len(EVAL)
+    assert (device / "pkg" / "edgedistill" / "serve" / "engine.py").is_file()

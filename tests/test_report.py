@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgedistill.report import build as rep
 from edgedistill.cli import cli
-from edgedistill.report.render import pareto_front
+from edgedistill.report.plots import pareto_front, tradeoff_figure, tradeoff_plot, tradeoff_series
 
 from test_bench import make_run
 
@@ -186,18 +186,67 @@ def test_target_budgets_never_judge_a_hosts_figures(run_with_results):
     assert "Target budgets not checked" in md and "cpu-x86: `max_peak_rss_mb` = 10.0 (measured on ci" in md
 
 
-def test_report_shows_the_seed_claims_the_script_measured(run_with_results):
+def _plot_data(teacher: dict) -> dict:
+    """report.json's content as the plots read it: three artifacts with retention intervals, one of
+    them benched on a Pi only from a host (not on the target: never plotted as the Pi's speed)."""
+    def art(aid, size, ret, ci, bench):
+        return {"id": aid, "bytes": size, "retention": ret, "retention_ci95": ci, "bench": bench}
+    on = lambda tok: {"decode_tokens_per_s": {"p50": tok}, "on_target": True}  # noqa: E731
+    return {"gate_limits": {"min_retention": 0.85}, "teacher": teacher, "artifacts": [
+        art("gguf-q8_0", 145e6, 0.95, [0.9, 0.99], {"cpu-x86": on(79.0)}),
+        art("gguf-q4_k_m", 106e6, 0.9, [0.84, 0.97], {"cpu-x86": on(81.0),
+                                                      "pi5": {"decode_tokens_per_s": {"p50": 80.0}, "on_target": False}}),
+        art("onnx-int4", 90e6, 0.5, None, {})]}
+
+
+def test_tradeoff_plot_draws_retention_intervals_and_the_teacher():
+    teacher = {"model": "pypi:teacher", "score": 0.8, "bytes": 1_117e6,
+               "bench": {"cpu-x86": {"decode_tokens_per_s": {"p50": 30.0}, "on_target": True},
+                         "pi5": {"decode_tokens_per_s": {"p50": 9.0}, "on_target": False}}}
+    data = _plot_data(teacher)
+    series = tradeoff_series(data)
+    size = series["size"]
+    assert [(p["label"], p["x"], p["y"]) for p in size["points"]] == [
+        ("gguf-q8_0", 145.0, 0.95), ("gguf-q4_k_m", 106.0, 0.9), ("onnx-int4", 90.0, 0.5)]
+    assert [p["err"] for p in size["points"]] == [(0.05, 0.04), (0.06, 0.07), (0.0, 0.0)]  # no interval: no bar
+    assert size["teacher"] == {"label": "teacher", "x": 1117.0, "y": 1.0, "err": (0.0, 0.0)}
+    assert list(series["speed"]) == ["cpu-x86"]  # the Pi's figures are a host's: not plotted
+    assert [(p["label"], p["x"]) for p in series["speed"]["cpu-x86"]["points"]] == [("gguf-q8_0", 79.0),
+                                                                                      ("gguf-q4_k_m", 81.0)]
+    assert series["speed"]["cpu-x86"]["teacher"]["x"] == 30.0
+
+    fig = tradeoff_figure(data)
+    size_ax, speed_ax = fig.axes
+    bars = [c for c in size_ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 1
+    segments = bars[0].lines[2][0].get_segments()  # one vertical bar per artifact: (x, low) to (x, high)
+    assert [[tuple(round(v, 4) for v in pt) for pt in seg] for seg in segments] == [
+        [(145.0, 0.9), (145.0, 0.99)], [(106.0, 0.84), (106.0, 0.97)], [(90.0, 0.5), (90.0, 0.5)]]
+    stars = [c.get_offsets().tolist() for ax in (size_ax, speed_ax) for c in ax.collections
+             if c.get_label().startswith("teacher")]
+    assert stars == [[[1117.0, 1.0]], [[30.0, 1.0]]]
+    assert size_ax.get_xscale() == "log"  # a teacher ten times the students' size
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    assert base64.b64decode(tradeoff_plot(data)).startswith(b"\x89PNG")
+
+
+def test_an_unmeasured_teacher_has_no_point():
+    series = tradeoff_series(_plot_data({"model": "gpt-4o", "score": 0.8}))  # an endpoint teacher
+    assert series["size"]["teacher"] is None and series["speed"]["cpu-x86"]["teacher"] is None
+
+
+def test_report_carries_the_teachers_bench_for_the_plots(run_with_results):
     run = run_with_results
     invoke("report", str(run.root))
-    assert json.loads(run.report_json.read_text())["seed_claims"] is None
-    assert "Seed headline" not in run.report_md.read_text()
-    claims = {"teacher": {"model": "pypi:teacher", "answer_ms": 2400.0, "peak_rss_mb": 1500.0},
-              "settings": {"generate_tokens": 32, "threads": 2}, "rounds": 2, "host": {"cpu": "test cpu"},
-              "artifacts": [{"id": "gguf-q4_k_m", "latency_reduction": 0.81, "token_latency_reduction": 0.8,
-                             "memory_reduction": 0.85, "size_reduction": 0.9, "retention": 0.9}]}
-    (run.root / "seed_claims.json").write_text(json.dumps(claims))
+    assert "bench" not in json.loads(run.report_json.read_text())["teacher"]  # not benched: no figures
+    rec = {**_bench_record("gguf-q8_0", 20.0, 300.0, 1800.0), "id": "teacher", "bytes": 1_117_000_000}
+    (run.bench_dir / "cpu-x86" / "teacher.json").write_text(json.dumps(rec))
     invoke("report", str(run.root))
-    assert json.loads(run.report_json.read_text())["seed_claims"] == claims
-    md, page = run.report_md.read_text(), run.report_html.read_text()
-    assert "## Seed headline, measured" in md and "| gguf-q4_k_m | 81.0% | 80.0% | 85.0% | 90.0% | 90.0% |" in md
-    assert "Seed headline, measured" in page and "<td>81.0%</td>" in page
+    data = json.loads(run.report_json.read_text())
+    assert data["teacher"]["bytes"] == 1_117_000_000
+    assert data["teacher"]["bench"]["cpu-x86"]["decode_tokens_per_s"]["p50"] == 20.0
+    assert "seed_claims" not in data and "teacher" not in {a["id"] for a in data["artifacts"]}
+    assert tradeoff_series(data)["speed"]["cpu-x86"]["teacher"]["x"] == 20.0
+

@@ -3,10 +3,11 @@ and jump hosts work as the user has them) and host keys always checked
 (``StrictHostKeyChecking=yes``, ``BatchMode=yes``: an unknown host fails, nothing prompts).
 
 What happens: the edgedistill sources (no torch needed: the device side imports only numpy,
-psutil and the runtimes) and the artifacts are copied to ``~/.cache/edgedistill/remote-bench/<run>``
-on the device (an artifact already there with the same sha256 is not copied again), the runner
-``python -m edgedistill.bench --spec spec.json`` runs there, and its last stdout line -- one JSON
-object -- is the result.
+psutil and the runtimes, and for ``--concurrency`` fastapi and uvicorn, which serve each artifact
+on the device's loopback as ``edgedistill serve`` does) and the artifacts are copied to
+``~/.cache/edgedistill/remote-bench/<run>`` on the device (an artifact already there with the same
+sha256 is not copied again), the runner ``python -m edgedistill.bench --spec spec.json`` runs
+there, and its last stdout line -- one JSON object -- is the result.
 
 Environment: ``EDGEDISTILL_SSH_CONFIG`` (an ssh_config file passed with ``-F``),
 ``EDGEDISTILL_REMOTE_PYTHON`` (the device's interpreter, default ``python3``; it needs the
@@ -143,8 +144,10 @@ def run_remote(host: str, spec: dict[str, Any], run_root: Path) -> dict[str, Any
     remote_root = os.environ.get("EDGEDISTILL_REMOTE_DIR", REMOTE_ROOT)
     label = re.sub(r"[^A-Za-z0-9._-]", "_", run_root.name)  # the run's name, safe in a remote path
     base = f"{remote_root}/{label}-{hashlib.sha256(str(run_root).encode()).hexdigest()[:8]}"
+    # the concurrency sweep serves each artifact on the device's loopback: fastapi and uvicorn too
+    needs = "numpy, psutil" + (", fastapi, uvicorn" if spec["settings"].get("concurrency") else "")
     probe = r.ssh(f"mkdir -p {shlex.quote(base)} && cd {shlex.quote(base)} && pwd && "
-                  f"{shlex.quote(r.python)} -c 'import sys, numpy, psutil; print(sys.version.split()[0])'",
+                  f"{shlex.quote(r.python)} -c 'import sys, {needs}; print(sys.version.split()[0])'",
                   check=False)
     if probe.returncode != 0:
         if probe.returncode == 255:
@@ -152,7 +155,7 @@ def run_remote(host: str, spec: dict[str, Any], run_root: Path) -> dict[str, Any
         raise EndpointError(
             f"{host} has no usable Python for the bench runner ({r.python}): {probe.stderr.strip()[-500:]}",
             hint="Install the device side there: `pip install 'edgedistill[bench]'` (no torch), or set "
-                 "EDGEDISTILL_REMOTE_PYTHON to an interpreter that has numpy, psutil and the runtimes.")
+                 f"EDGEDISTILL_REMOTE_PYTHON to an interpreter that has {needs} and the runtimes.")
     remote_dir, version = probe.stdout.split()[-2:]
     log.info("%s: Python %s, working in %s", host, version, remote_dir)
 

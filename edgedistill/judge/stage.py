@@ -1,11 +1,11 @@
 """judge: a judge model reads the eval replies, so free-text retention means something.
 
 For each eval conversation the judge compares every judged rung's reply with the teacher's, in
-both orders (A/B, then B/A); the verdict is the order-averaged preference read from the label
-probabilities (a pull toward one position cancels out), a tie within ``eval.judge.tie_margin``;
-with labels alone (an endpoint without logprobs), a verdict that flips with the order is a tie. ``judge_retention =
-(wins + ties) / n`` (not worse than the teacher), with a 95% bootstrap interval over the
-conversations; an unscored pair (the judge named no label) counts against it. Each reply (the
+both orders (A/B, then B/A); each pair gets a win credit from the order-averaged log-odds of the
+label probabilities, read against the run's own noise scale (:mod:`.pairwise`; with labels alone,
+MT-Bench's rule). ``judge_retention = 2 * mean(credit)``, a win rate against the teacher over
+parity's 0.5 (1: as good as the teacher), with a 95% bootstrap interval over the conversations; an
+unscored pair (the judge named no label) counts as a loss. Each reply (the
 teacher's too) is also graded 1-5 against the recipe's rubric, capped at 4 when it misses one of
 the record's required ``facts``; ``rubric_ratio`` is (mean - 1) over the teacher's (mean - 1).
 On tasks with gold answers (``eval.judge: true``) the judge instead says whether each reply is
@@ -18,9 +18,10 @@ ones) give an agreement rate and Cohen's kappa. Below ``eval.judge.min_agreement
 judge-based gate is indeterminate.
 
 RUN/eval/judge/verdicts.jsonl holds every verdict, appended as it arrives and keyed by the hash of
-its prompt: a question asked for two rungs (identical replies) is asked once, and a run killed in
-the middle asks only what is missing. RUN/eval/judge/summary.json holds the figures the report
-reads, RUN/eval/judge/<rung>.jsonl the per-conversation outcomes.
+its prompt (with the eval ids, rungs and roles it was asked for): a question asked for two rungs
+(identical replies) is asked once, and a run killed in the middle asks only what is missing.
+RUN/eval/judge/summary.json holds the figures the report reads, RUN/eval/judge/<rung>.jsonl the
+per-conversation outcomes with the keys of their verdicts.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from edgedistill.config import JudgeConfig, Recipe
 from edgedistill.data import append_jsonl, content_id, read_jsonl, write_jsonl
 from edgedistill.errors import ConfigError, DataError
 from edgedistill.judge import prompts
+from edgedistill.judge.pairwise import noise_scale, outcome
 from edgedistill.judge.scoring import Question, ask, identity
 from edgedistill.rundir import Run
 
@@ -46,9 +48,7 @@ RESAMPLE = "teacher_resample"
 # rungs judged pairwise for calibration and parity, not graded by the rubric (judging costs)
 CALIBRATION_ONLY = ("teacher_resample", "student_base")
 SPECIAL_RUNGS = ("teacher_resample", "student_base", "student_merged", "shipped", "artifacts")
-# what a rung's reply is to the teacher's, from the verdict of each order
-IN_ORDER = {"A": "loss", "B": "win", "C": "tie"}  # the teacher shown first (A), the rung second
-SWAPPED = {"A": "win", "B": "loss", "C": "tie"}
+AGGREGATION = 2  # how verdicts become figures (2: win credit against the run's noise scale)
 
 
 def judge_dir(run: Run) -> Path:
@@ -141,7 +141,7 @@ def judge(run: Run, *, force: bool = False) -> None:
     rungs = _rung_names(run, jc, ladder)
     files = [run.eval_dir / LADDER] + [rung_file(run, "eval", n) for n in rungs]
     stage = run.begin("judge", inputs=files, force=force,
-                      config={"judge": jc.model_dump(mode="json"), "rungs": rungs,
+                      config={"judge": jc.model_dump(mode="json"), "rungs": rungs, "aggregation": AGGREGATION,
                               "teacher": recipe.teacher.model_dump(mode="json")})
     if stage is None:
         return
@@ -158,6 +158,11 @@ def judge(run: Run, *, force: bool = False) -> None:
                                              ex["id"] in calibrated)
                    for ex in examples}
     unique = {q.key: q for qs in per_example.values() for roles in qs.values() for q in roles.values()}
+    asked_for: dict[str, list] = {}  # question key -> what it was asked for, written with its verdict
+    for ex_id, qs in per_example.items():
+        for rung, roles in qs.items():
+            for role, q in roles.items():
+                asked_for.setdefault(q.key, []).append({"id": ex_id, "rung": rung, "role": role})
     out_dir = judge_dir(run)
     log_path = out_dir / VERDICTS
     with stage:
@@ -169,7 +174,7 @@ def judge(run: Run, *, force: bool = False) -> None:
                  judge_id["model"], mode, len(examples), ", ".join(rungs), len(unique), len(unique) - len(todo))
         with open_log(log_path) as f:
             def on_verdict(q: Question, v: dict[str, Any]) -> None:
-                rec = {"key": q.key, "kind": q.kind, "group": q.group, **v}
+                rec = {"key": q.key, "kind": q.kind, "group": q.group, "asked_for": asked_for[q.key], **v}
                 append_jsonl(f, rec)
                 verdicts[q.key] = rec
 
@@ -183,7 +188,7 @@ def judge(run: Run, *, force: bool = False) -> None:
             write_jsonl(stage.output(out_dir / f"{name}.jsonl"), rows)
         stage.output(out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         stage.metrics.update(mode=mode, unique_questions=len(unique), asked=len(todo),
-                             agreement=summary["calibration"]["agreement"],
+                             agreement=summary["calibration"]["agreement"], sigma=summary.get("sigma"),
                              judge_retention={n: r["judge_retention"] for n, r in summary["rungs"].items()},
                              seconds=cost["seconds"], prompt_tokens=cost["prompt_tokens"])
     _log_summary(summary)
@@ -210,25 +215,6 @@ def _bias_note(judge_id: dict[str, Any]) -> str | None:
     return None
 
 
-def _outcome(v1: dict | None, v2: dict | None, margin: float = 0.0) -> tuple[str, bool | None]:
-    """The rung's outcome against the teacher from the two orders' verdicts, and whether the two
-    orders' labels agreed (None when either is unscored).
-
-    With the label probabilities of both orders, the outcome is their order-averaged preference
-    (Wang et al. 2023, "balanced position calibration"): ``((P(B) - P(A)) in order + (P(A) -
-    P(B)) swapped) / 2``, the rung's side minus the teacher's, so a pull toward one position
-    cancels out; within ``margin`` of 0 it is a tie. With labels alone, MT-Bench's rule: a
-    verdict that flips with the order is a tie."""
-    if not v1 or not v2 or v1.get("label") is None or v2.get("label") is None:
-        return "unscored", None
-    a, b = IN_ORDER[v1["label"]], SWAPPED[v2["label"]]
-    p1, p2 = v1.get("probs"), v2.get("probs")
-    if p1 and p2:
-        pref = ((p1.get("B", 0) - p1.get("A", 0)) + (p2.get("A", 0) - p2.get("B", 0))) / 2
-        return ("win" if pref > margin else "loss" if pref < -margin else "tie"), a == b
-    return (a, True) if a == b else ("tie", False)
-
-
 def _rubric_score(v: dict | None, reply: str | None, facts: list | None) -> float | None:
     if not v or v.get("label") is None:
         return None
@@ -244,6 +230,9 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
     def verdict(ex_id: Any, rung: str, role: str) -> dict | None:
         q = per_example[ex_id].get(rung, {}).get(role)
         return verdicts.get(q.key) if q else None
+
+    def keys(ex_id: Any, rung: str) -> dict[str, str]:  # role -> question key: a row's verdicts
+        return {role: q.key for role, q in per_example[ex_id].get(rung, {}).items()}
 
     out: dict[str, Any] = {"mode": mode, "n": len(examples), "rungs": {}, "_rows": {}}
     calib: list[tuple[str, str]] = []  # (expected, judged)
@@ -261,8 +250,9 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
                 right = score_example(recipe.task, reply, str(ex["answer"]), False, ex)["score"] >= 1.0
                 if label is not None and (not right or rung == "teacher"):
                     known[per_example[ex["id"]][rung]["gold"].key] = ("Yes" if right else "No", label)
-                rows.append({"id": ex["id"], "judged": label, "p_yes": ((v or {}).get("probs") or {}).get("Yes"),
-                             "metric_right": right, "reason": (v or {}).get("reason")})
+                rows.append({"id": ex["id"], "rung": rung, "judged": label,
+                             "p_yes": ((v or {}).get("probs") or {}).get("Yes"), "metric_right": right,
+                             "reason": (v or {}).get("reason"), "keys": keys(ex["id"], rung)})
             judged[rung] = scores
             out["_rows"][rung] = rows
         calib += list(known.values())
@@ -281,49 +271,58 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
                 "judge": {"n": ci["n"], "unscored": sum(1 for r in out["_rows"][rung] if r["judged"] is None)}}
         labels = list(prompts.GOLD_LABELS)
     else:
-        rubric: dict[str, list[float]] = {}
         t_rubric = []
         t_rows = []
         for ex in examples:
             s = _rubric_score(verdict(ex["id"], "teacher", "rubric"), ex.get("response"), ex.get("facts"))
-            t_rows.append({"id": ex["id"], "rubric": s})
+            t_rows.append({"id": ex["id"], "rung": "teacher", "rubric": s, "keys": keys(ex["id"], "teacher")})
             if s is not None:
                 t_rubric.append(s)
         out["_rows"]["teacher"] = t_rows
         t_mean_rubric = sum(t_rubric) / len(t_rubric) if t_rubric else None
         out["teacher"] = {"rubric_mean": _r(t_mean_rubric), "rubric_n": len(t_rubric)}
+        pairs = {}  # each distinct pair question of the run, whatever rungs asked it: the noise scale
+        for ex in examples:
+            for rung in rungs:
+                k = keys(ex["id"], rung)
+                if "in_order" in k:
+                    pairs[(k["in_order"], k["swapped"])] = (verdicts.get(k["in_order"]), verdicts.get(k["swapped"]))
+        out.update(noise_scale(pairs))
         for rung in rungs:
             counts: Counter = Counter()
             consistent = scored = 0
-            kept, rows, lens_r, lens_t = [], [], [], []
+            credit, rows, lens_r, lens_t = [], [], [], []
             rub = []
             judged_on = [ex for ex in examples if rung in per_example[ex["id"]]]
             for ex in judged_on:
                 v1, v2 = verdict(ex["id"], rung, "in_order"), verdict(ex["id"], rung, "swapped")
-                outcome, same = _outcome(v1, v2, jc.tie_margin)
-                counts[outcome] += 1
+                o = outcome(v1, v2, out["sigma"])
+                label, same = o["label"], o["consistent"]
+                counts[label] += 1
                 if same is not None:
                     scored += 1
                     consistent += same
-                kept.append(1.0 if outcome in ("win", "tie") else 0.0)
+                credit.append(2 * o["w"])
                 reply = replies[rung].get(ex["id"])
                 lens_r.append(len((reply or "").split()))
                 lens_t.append(len((ex.get("response") or "").split()))
                 s = _rubric_score(verdict(ex["id"], rung, "rubric"), reply, ex.get("facts"))
                 if s is not None:
                     rub.append(s)
-                rows.append({"id": ex["id"], "in_order": (v1 or {}).get("label"), "swapped": (v2 or {}).get("label"),
-                             "outcome": outcome, "swap_consistent": same, "rubric": s,
-                             "missing_facts": prompts.fact_missing(reply, ex.get("facts")) or None})
+                rows.append({"id": ex["id"], "rung": rung, "in_order": (v1 or {}).get("label"),
+                             "swapped": (v2 or {}).get("label"), "outcome": label, "win_credit": _r(o["w"]),
+                             "q": _r(o["q"]), "a1": _r(o["a1"]), "a2": _r(o["a2"]), "swap_consistent": same,
+                             "rubric": s, "missing_facts": prompts.fact_missing(reply, ex.get("facts")) or None,
+                             "keys": keys(ex["id"], rung)})
                 if rung == RESAMPLE and same is not None:
-                    calib.append(("tie", outcome))
+                    calib.append(("tie", label))
                 elif rung == "student_base" and same is not None:
-                    calib.append(("loss", outcome))
+                    calib.append(("loss", label))
             out["_rows"][rung] = rows
             n = len(judged_on)
             mean_rub = sum(rub) / len(rub) if rub else None
             out["rungs"][rung] = {
-                "judge_retention": round(sum(kept) / n, 6) if n else None, "judge_retention_ci95": mean_ci(kept),
+                "judge_retention": round(sum(credit) / n, 6) if n else None, "judge_retention_ci95": mean_ci(credit),
                 "n": n,
                 "judge": {"n": n, "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"],
                           "unscored": counts["unscored"],
@@ -373,6 +372,9 @@ def _log_summary(s: dict[str, Any]) -> None:
     c = s["calibration"]
     log.info("judge calibration: agreement %s, kappa %s on %d known verdicts%s",
              c["agreement"], c["kappa"], c["n"], "" if c["trusted"] else f" (untrusted: {c['reason']})")
+    if s.get("sigma") is not None:
+        log.info("judge noise scale: sigma %s (%s, %d pairs), position bias B %s",
+                 s["sigma"], s["sigma_source"], s["sigma_pairs"], s["position_bias"])
     for name, r in s["rungs"].items():
         j = r.get("judge") or {}
         ci = r.get("judge_retention_ci95") or [None, None]

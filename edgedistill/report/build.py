@@ -181,7 +181,8 @@ def build(run: Run) -> dict[str, Any]:
                  "skipped_no_reference": (summary or {}).get("skipped_no_reference"),
                  "sets": {k: {"n": v.get("n"), "reference": v.get("reference")} for k, v in sets.items()}},
         "training_data": _training_data(run),
-        "teacher": {**rung(TEACHER, recipe.teacher.model), **_teacher_judge(judged, rung(RESAMPLE, recipe.teacher.model))},
+        "teacher": {**rung(TEACHER, recipe.teacher.model), **_teacher_bench(bench),
+                    **_teacher_judge(judged, rung(RESAMPLE, recipe.teacher.model))},
         "student_base": rung(BASE, recipe.student.model),
         "student_merged": rung(MERGED, run.rel(run.merged_dir)),
         "artifacts": artifacts,
@@ -193,8 +194,17 @@ def build(run: Run) -> dict[str, Any]:
         "judge": _judge_block(judged),
         "gate_limits": gates,
         "gates": {**overall, "on_indeterminate": on_indeterminate},
-        "seed_claims": _seed_claims(run),
     }
+
+
+def _teacher_bench(bench: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The teacher's weights and bench records per target, where bench measured it alike (a local
+    GGUF teacher, id ``teacher``); nothing for an endpoint teacher."""
+    recs = {t: r["teacher"] for t, r in bench.items() if "teacher" in r}
+    if not recs:
+        return {}
+    return {"bytes": next((r["bytes"] for r in recs.values() if r.get("bytes")), None),
+            "bench": {t: _bench_view(r) for t, r in recs.items()}}
 
 
 def _teacher_judge(judged: dict[str, Any] | None, resample: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +233,8 @@ def _judge_block(judged: dict[str, Any] | None) -> dict[str, Any] | None:
     if judged is None:
         return None
     return {"mode": judged["mode"], **judged["judge"], "rungs": judged.get("rungs_judged"),
-            "unique_questions": judged.get("unique_questions"), "cost": judged.get("cost")}
+            "unique_questions": judged.get("unique_questions"), "cost": judged.get("cost"),
+            **{k: judged.get(k) for k in ("position_bias", "sigma", "sigma_pairs", "sigma_source")}}
 
 
 def _mean(values: list) -> float | None:
@@ -239,18 +250,6 @@ def _training_data(run: Run) -> dict[str, Any] | None:
     keys = ("train_prompts", "train_sets", "train", "verified", "rejected_by_reason", "synthesized",
             "teacher_first_answer_gold_accuracy", "eval", "eval_sets", "eval_rejected_kept")
     return {k: m.get(k) for k in keys}
-
-
-def _seed_claims(run: Run) -> dict[str, Any] | None:
-    """RUN/seed_claims.json, written by scripts/seed_claims.py (teacher vs student, measured)."""
-    path = run.root / "seed_claims.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        log.warning("%s is not valid JSON (%s); the report leaves it out", path, e)
-        return None
 
 
 def report(run: Run, *, force: bool = True, check: bool = False) -> None:

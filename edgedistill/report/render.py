@@ -1,34 +1,15 @@
-"""report.md and report.html from report.json's content; plots by matplotlib (Agg), embedded in
-the HTML as base64 PNG: size and decode speed against retention per artifact with the Pareto front
-marked, and latency percentiles per target."""
+"""report.md and report.html from report.json's content; the HTML embeds the plots of
+:mod:`edgedistill.report.plots` (retention with its interval against size and decode speed, the
+teacher beside the artifacts; latency percentiles per target)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any
 
 from edgedistill.report.headline import html_section as headline_html, markdown_lines as headline_lines
+from edgedistill.report.plots import latency_plot, tradeoff_plot
 from edgedistill.report.sections import SETS_HEAD, eval_set_rows, training_lines, judge_lines, judge_rows
-
-PCTS = ("p50", "p90", "p99")
-
-
-def pareto_front(points: list[tuple[float, float]], minimize_x: bool) -> list[int]:
-    """Indices of the points no other point beats on both axes (y is always maximised)."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = False
-        for j, (x2, y2) in enumerate(points):
-            better_x = x2 <= x if minimize_x else x2 >= x
-            strictly = (x2 != x) or (y2 != y)
-            if j != i and better_x and y2 >= y and strictly:
-                dominated = True
-                break
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -41,91 +22,6 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 def _pct(d: Any, p: str = "p50") -> Any:
     return d.get(p) if isinstance(d, dict) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# plots
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _scatter(ax, pts: list[tuple[float, float]], labels: list[str], minimize_x: bool, marker: str,
-             name: str) -> None:
-    xs, ys = zip(*pts)
-    ax.scatter(xs, ys, marker=marker, s=46, alpha=0.75, label=name)
-    front = pareto_front(pts, minimize_x)
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", lw=1.2,
-            label=f"Pareto front{' (' + name + ')' if name else ''}")
-    ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], s=140, facecolors="none",
-               edgecolors="crimson", lw=1.5)
-    for (x, y), lab in zip(pts, labels):
-        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-
-
-def tradeoff_plot(data: dict[str, Any]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arts = [a for a in data["artifacts"] if a.get("retention") is not None and a.get("bytes")]
-    if not arts:
-        return None
-    # measured on the target only: a host's speed is never plotted as a device's
-    targets = sorted({t for a in arts for t, b in a["bench"].items()
-                      if _pct(b.get("decode_tokens_per_s")) and b.get("on_target", True)})
-    fig, axes = plt.subplots(1, 2 if targets else 1, figsize=(12 if targets else 6, 4.4), squeeze=False)
-    ax = axes[0][0]
-    _scatter(ax, [(a["bytes"] / 1e6, a["retention"]) for a in arts], [a["id"] for a in arts], True, "o", "")
-    ax.set(xlabel="size (MB)", ylabel="retention (score / teacher)", title="Size vs retention")
-    ax.axhline(1.0, color="grey", lw=0.6)
-    if data["gate_limits"].get("min_retention") is not None:
-        ax.axhline(data["gate_limits"]["min_retention"], color="crimson", lw=0.8, ls=":", label="min_retention gate")
-    ax.legend(fontsize=8)
-    if targets:
-        ax = axes[0][1]
-        for t, marker in zip(targets, "os^Dv<>"):
-            sel = [a for a in arts if _pct((a["bench"].get(t) or {}).get("decode_tokens_per_s"))
-                   and a["bench"][t].get("on_target", True)]
-            _scatter(ax, [(a["bench"][t]["decode_tokens_per_s"]["p50"], a["retention"]) for a in sel],
-                     [a["id"] for a in sel], False, marker, t)
-        ax.set(xlabel="decode tokens/s (p50)", ylabel="retention", title="Decode speed vs retention")
-        ax.legend(fontsize=8)
-    fig.suptitle("higher is better on retention; circled points are on the Pareto front", fontsize=9)
-    return _png(fig)
-
-
-def latency_plot(data: dict[str, Any]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    targets = sorted({t for a in data["artifacts"] for t, b in a["bench"].items() if _pct(b.get("ttft_ms"))})
-    if not targets:
-        return None
-    fig, axes = plt.subplots(2, len(targets), figsize=(6 * len(targets), 7), squeeze=False)
-    for col, t in enumerate(targets):
-        arts = [a for a in data["artifacts"] if _pct((a["bench"].get(t) or {}).get("ttft_ms"))]
-        x = np.arange(len(arts))
-        for row, (field, title) in enumerate((("ttft_ms", "TTFT (ms)"), ("token_latency_ms", "per-token latency (ms)"))):
-            ax = axes[row][col]
-            for k, p in enumerate(PCTS):
-                vals = [(a["bench"][t].get(field) or {}).get(p) or 0 for a in arts]
-                ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=p)
-            ax.set_xticks(x, [a["id"] for a in arts], rotation=30, ha="right", fontsize=8)
-            ax.set(ylabel=title, title=f"{t}: {title}")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +167,6 @@ def render_markdown(data: dict[str, Any]) -> str:
         "",
         *_gate_lines(data),
         *_unchecked_lines(data),
-        *_seed_lines(data),
     ]
     return "\n".join(parts)
 
@@ -285,39 +180,6 @@ def _unchecked_lines(data: dict[str, Any]) -> list[str]:
         return []
     return ["Target budgets not checked (a host's figures never pass or fail a device's budget):", "",
             *[f"- {t}: `{g}` = {lim} ({why})" for (t, g, lim), why in seen.items()], ""]
-
-
-SEED_HEAD = ["artifact", "lower latency (answer)", "lower latency (per token)", "lower peak RSS",
-             "smaller file", "retention"]
-
-
-def _seed(data: dict[str, Any]) -> tuple[str, list[list[str]]] | None:
-    """The seed headline (85% lower latency, 95% lower memory, 92% retention) as measured by
-    scripts/seed_claims.py on this run: a sentence and the table rows."""
-    sc = data.get("seed_claims")
-    if not sc:
-        return None
-    t = sc["teacher"]
-    rows = [[r["id"], _percent(r["latency_reduction"]), _percent(r["token_latency_reduction"]),
-             _percent(r["memory_reduction"]), _percent(r["size_reduction"]), _percent(r["retention"])]
-            for r in sc["artifacts"]]
-    text = (f"Against the teacher {t['model']} ({t['answer_ms']:.0f} ms per "
-            f"{sc['settings']['generate_tokens']}-token answer, peak RSS {t['peak_rss_mb']:.0f} MB) on "
-            f"{sc['host'].get('cpu')}, {sc['settings']['threads']} threads, medians of {sc['rounds']} "
-            "rounds (scripts/seed_claims.py). The seed claims 85% lower latency, 95% lower memory, "
-            "92% retention.")
-    return text, rows
-
-
-def _seed_lines(data: dict[str, Any]) -> list[str]:
-    seed = _seed(data)
-    if not seed:
-        return []
-    return ["## Seed headline, measured", "", seed[0], "", _md_table(SEED_HEAD, seed[1]), ""]
-
-
-def _percent(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
@@ -347,9 +209,6 @@ def render_html(data: dict[str, Any]) -> str:
               "".join(f"<li>{e(describe(f))}</li>" for f in g.get("indeterminate", [])) + "</ul>"
               if g.get("indeterminate") else ""))
     unchecked = "".join(f"<p>{e(line)}</p>" for line in _unchecked_lines(data) if line)
-    sd = _seed(data)
-    seed = (f"<h2>Seed headline, measured</h2><p>{e(sd[0])}</p>{_html_table(SEED_HEAD, sd[1])}"
-            if sd else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedistill report</title>
 <style>{CSS}</style></head><body>
 <h1>edgedistill report</h1><p>{e(data['run_dir'])} — task <code>{e(data['task'])}</code>, metric
@@ -362,6 +221,6 @@ def render_html(data: dict[str, Any]) -> str:
 <h2>Artifacts</h2>{_html_table(ART_HEAD, _artifact_rows(data))}
 <h2>Targets</h2><ul>{"".join(f"<li>{e(line)}</li>" for line in _where(data))}</ul>
 <h2>Gates</h2>{gates}{unchecked}
-{seed}{imgs}
+{imgs}
 </body></html>
 """

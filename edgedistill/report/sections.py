@@ -101,10 +101,20 @@ def judge_lines(data: dict[str, Any]) -> list[str]:
     j, c = data.get("judge"), data.get("judge_calibration")
     if not j or not c:
         return []
-    how = ("each reply against the teacher's, in both orders (a verdict that flips with the order is a tie); "
-           "judge retention = (wins + ties) / n" if j["mode"] == "pairwise" else
-           "each reply against the gold answer: right and in the form asked; judge retention = judged score "
-           "/ the teacher's")
+    if j["mode"] != "pairwise":
+        how = ("each reply against the gold answer: right and in the form asked; judge retention = judged score "
+               "/ the teacher's")
+    elif j.get("sigma") is not None:
+        where = (f"from {j.get('sigma_pairs')} pairs" if j.get("sigma_source") == "run"
+                 else "its floor: too few pairs to measure it")
+        how = ("each reply against the teacher's, in both orders; a pair's win credit is Φ(q / σ), q the rung's "
+               "advantage in log-odds averaged over both orders, σ the run's noise scale "
+               f"({_fmt(j['sigma'])}, {where}; the judge's pull toward reply A: {_fmt(j.get('position_bias'))}); "
+               "a tie when |q| ≤ σ; judge retention = 2 × mean credit, 1 for a rung as good as the teacher")
+    else:
+        how = ("each reply against the teacher's, in both orders; credit 1 for a win in both, 0.5 for a verdict "
+               "that flips with the order (a tie), 0 for a loss in both; judge retention = 2 × mean credit, "
+               "1 for a rung as good as the teacher")
     lines = [f"Judge: {j.get('model')} ({j.get('backend')}, verdicts from {j.get('verdicts_from')}); {how}."]
     if j.get("note"):
         lines.append(f"Note: {j['note']}.")
