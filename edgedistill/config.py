@@ -342,6 +342,12 @@ class EvalConfig(Strict):
         return JudgeConfig() if self.judge else None
 
 
+class BenchConfig(Strict):
+    # users at once every target of the run sweeps (closed-loop clients on the eval prompts), e.g.
+    # [1, 2, 4, 8, 16]; [] : each target's own settings.concurrency. `bench --concurrency` overrides
+    concurrency: list[Annotated[int, Field(ge=1, le=256)]] = []
+
+
 class GatesConfig(Strict):
     min_retention: Union[float, None] = Field(0.9, ge=0.0)  # judged on its 95% bootstrap interval
     # judge retention (twice the win rate against the teacher, 1 at parity; or the judged score
@@ -367,6 +373,7 @@ class Recipe(Strict):
     export: ExportConfig = ExportConfig()  # the formats the merged student is exported to
     eval: EvalConfig = EvalConfig()  # scoring every rung (teacher, student, artifacts) on the eval sets
     targets: list[str] = ["cpu-x86"]  # hardware targets `run` benches on: bundled names or target YAML paths
+    bench: BenchConfig = BenchConfig()  # what bench measures beyond each target's own settings
     gates: GatesConfig = GatesConfig()  # limits every artifact must meet (missed: exit 1)
     seed: int = Field(0, ge=0)  # the train/eval split and the synthesis draws
 

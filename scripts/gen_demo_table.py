@@ -185,9 +185,13 @@ def render_students(s: dict, name: str) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for _, r in runs:
         ship = (r.get("smallest_passing") or {}).get("cpu-x86")
+        label = ship
+        if not ship:  # none passes every gate: the report's headline names the one it would ship
+            ship = ((r.get("headline") or {}).get("cpu-x86") or {}).get("artifact")
+            label = f"{ship} (misses a gate: {r['gates']['verdict']})"
         a = next((x for x in r["artifacts"] if x["id"] == ship), None) or {}
         out.append(f"| {r['student_base']['model']} | {_n(r['student_base'].get('score'))} → "
-                   f"{_n(r['student_merged'].get('score'))} | {ship or 'none passes'} | "
+                   f"{_n(r['student_merged'].get('score'))} | {label or 'none'} | "
                    f"{_n(a.get('retention')) + _ci(a.get('retention_ci95'))} | "
                    f"{a['bytes'] / 1e6:.0f} MB | {_n(a.get('decode_tokens_per_s'), 0)} | "
                    f"{_n(a.get('peak_rss_mb'), 0)} MB | "

@@ -133,3 +133,14 @@ def test_bad_levels_exit_2(tmp_path):
     run = make_run(tmp_path)
     result = CliRunner().invoke(cli, ["bench", str(run.root), "--concurrency", "0,4"])
     assert result.exit_code == 2 and "--concurrency" in result.output
+
+
+def test_the_recipe_names_the_levels_every_target_sweeps(tmp_path, tiny_gguf):
+    """bench.concurrency in the recipe: `edgedistill bench` (and so `run`) sweeps it with no flag."""
+    easy = target(tmp_path, "easy-x86", max_ttft_ms_p95=600000, min_tokens_per_s_per_user=0.5)
+    run = make_run(tmp_path, EVAL, targets=[str(easy)], bench={"concurrency": [2]})
+    gguf_artifact(run, tiny_gguf, "f32")
+    result = CliRunner().invoke(cli, ["bench", str(run.root), "--target", str(easy)])
+    assert result.exit_code == 0, result.output
+    rec = _rec(run, "easy-x86", "gguf-f32")
+    assert [lv["users"] for lv in rec["concurrency"]["levels"]] == [2] and rec["users_supported"] == 2

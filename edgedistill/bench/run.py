@@ -205,6 +205,7 @@ def bench(run: Run, *, force: bool = False, target: str = "cpu-x86", host: str |
     """Measure every artifact ``target`` can run; on ``host`` (USER@HOST[:PORT]) over SSH if given.
     ``concurrency``: the users-at-once levels to sweep instead of the target's own ("1,2,4")."""
     tgt = load_target(target)
+    concurrency = concurrency or run.recipe.bench.concurrency
     if concurrency:
         concurrency = parse_levels(concurrency) if isinstance(concurrency, str) else concurrency
         tgt = tgt.model_copy(update={"settings": tgt.settings.model_copy(update={"concurrency": concurrency})})
