@@ -177,12 +177,13 @@ def render_students(s: dict, name: str) -> str:
     """The demo's shipped student beside another student's run of the same profile."""
     demo_path = snapshot_path("demo")
     runs = ([("demo", json.loads(demo_path.read_text()))] if demo_path.is_file() else []) + [(name, s)]
+    host = s["source"].get("host") or {}
     out = [f"The demo's recipe with another student (`edgedistill run {COMPACT[name]}`), on "
-           f"{s['source'].get('host') or 'this host'}; {s['metric']} on the {s['eval']['n']} held-out "
-           "questions, the shipped artifact's retention with its 95% interval. Every artifact passed "
-           "its parity check.", "",
-           "| student | before → merged | shipped | retention [95% CI] | size | decode tok/s | peak RSS | whole run |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"{host.get('cpu')} ({host.get('cores_logical')} cores); {s['metric']} on the {s['eval']['n']} "
+           "held-out questions, the shipped artifact's retention with its 95% interval. Every "
+           "artifact passed its parity check (export keeps no file that fails it).", "",
+           "| student | before → merged | shipped | retention [95% CI] | size | decode tok/s | peak RSS |",
+           "|---|---|---|---|---|---|---|"]
     for _, r in runs:
         ship = (r.get("smallest_passing") or {}).get("cpu-x86")
         label = ship
@@ -194,8 +195,7 @@ def render_students(s: dict, name: str) -> str:
                    f"{_n(r['student_merged'].get('score'))} | {label or 'none'} | "
                    f"{_n(a.get('retention')) + _ci(a.get('retention_ci95'))} | "
                    f"{a['bytes'] / 1e6:.0f} MB | {_n(a.get('decode_tokens_per_s'), 0)} | "
-                   f"{_n(a.get('peak_rss_mb'), 0)} MB | "
-                   f"{(r.get('wall_seconds') or 0) / 60:.1f} min |" if a else f"| {r['student_base']['model']} | | none | | | | | |")
+                   f"{_n(a.get('peak_rss_mb'), 0)} MB |" if a else f"| {r['student_base']['model']} | | none | | | | |")
     out += ["", f"Snapshot: `docs/{name}-results.json` (`python scripts/gen_demo_table.py RUN --name {name}`)."]
     return "\n".join(out) + "\n"
 
@@ -277,9 +277,10 @@ def render(s: dict, name: str = "demo") -> str:
         if syn.get("kept"):
             origin.append(f"{syn['kept']} the teacher wrote")
         rejected = ", ".join(f"{v} {k}" for k, v in sorted((t.get("rejected_by_reason") or {}).items()))
-        out.append(f"Training labels: {t.get('train')} ({verified}), from {' and '.join(origin)}; "
-                   f"the rest were rejected ({rejected}).")
-        out.append("")
+    tail = []  # one closing paragraph: the labels, the kinds of question, the stages
+    if t:
+        tail.append(f"Training labels: {t.get('train')} ({verified}), from {' and '.join(origin)}; "
+                    f"the rest were rejected ({rejected}).")
     shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
     sentence = headline_sentence(s.get("headline") or {}) or legacy_seed_sentence(s.get("seed_claims"), shipped)
     if sentence:
@@ -288,16 +289,16 @@ def render(s: dict, name: str = "demo") -> str:
     if kinds:
         rungs = list(dict.fromkeys(r for cells in kinds.values() for r in cells))
         names = {"teacher": "teacher", "student_merged": "merged student"}
-        out.append(f"Right answers per kind of question ({' / '.join(names.get(r, r) for r in rungs)}): "
-                   + "; ".join(f"{k} " + " / ".join(f"{cells[r][0]:.0f}" if r in cells else "–" for r in rungs)
-                               + f" of {next(iter(cells.values()))[1]}" for k, cells in kinds.items()) + ".")
-        out.append("")
+        tail.append(f"Right answers per kind of question ({' / '.join(names.get(r, r) for r in rungs)}): "
+                    + "; ".join(f"{k} " + " / ".join(f"{cells[r][0]:.0f}" if r in cells else "–" for r in rungs)
+                                + f" of {next(iter(cells.values()))[1]}" for k, cells in kinds.items()) + ".")
     secs = s.get("stage_seconds") or {}
     main = {k: v for k, v in secs.items() if v and v > 5}
-    out.append("Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(main.items(), key=lambda kv: -kv[1]))
+    tail.append("Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(main.items(), key=lambda kv: -kv[1]))
                + f". Gates: {s['gates']['verdict']}. Snapshot: `docs/{name}-results.json` "
                f"(`python scripts/gen_demo_table.py RUN{'' if name == 'demo' else ' --name ' + name}` rewrites "
                "it and this section).")
+    out.append(" ".join(tail))
     return "\n".join(out) + "\n"
 
 

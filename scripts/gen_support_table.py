@@ -34,17 +34,29 @@ def _cell(result: dict, notes: list[str]) -> str:
     return f"{mark} [{notes.index(reason) + 1}]"
 
 
+METHODS = {"lora": "LoRA", "full": "full"}
+
+
+def _training(r: dict, notes: list[str]) -> str:
+    """The training methods the row went through, each ✓ or ✗ with its note (- not run)."""
+    done = r.get("training") or {}
+    return " · ".join(f"{label} " + (_cell(done[m], notes) if m in done else "-")
+                      for m, label in METHODS.items())
+
+
 def table(results: dict) -> str:
     notes: list[str] = []
     names = [n for n in ORDER if n in results] + sorted(n for n in results if n not in ORDER)
-    lines = ["| family (tiny test model) | tokenizer | " + " | ".join(COLUMNS) + " | token ids HF = llama.cpp = ORT GenAI |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+    lines = ["| family (tiny test model) | tokenizer | trained | " + " | ".join(COLUMNS)
+             + " | token ids HF = llama.cpp = ORT GenAI |",
+             "|---" * (len(COLUMNS) + 4) + "|"]
     for name in names:
         r = results[name]
+        trained = _training(r, notes)
         cells = [_cell(r["artifacts"][c], notes) if c in r["artifacts"] else "" for c in COLUMNS]
         trip = r.get("tokenizer_roundtrip") or {}
         ids = "✓" if trip.get("match") else "✗ (" + ", ".join(trip.get("differ", [])) + ")"
-        lines.append(f"| {name} (`{r['architecture']}`) | {r['tokenizer']} | " + " | ".join(cells)
+        lines.append(f"| {name} (`{r['architecture']}`) | {r['tokenizer']} | {trained} | " + " | ".join(cells)
                      + f" | {ids} |")
     out = "\n".join(lines) + "\n"
     if notes:
@@ -54,8 +66,10 @@ def table(results: dict) -> str:
 
 def render(text: str, results: dict) -> str:
     intro = ("Each row: a tiny random model (hidden 64, 2 layers) built from the family's transformers "
-             "config class, LoRA-trained 2 steps, merged, exported and quantized with every artifact's "
-             "parity check, and evaluated (`tests/test_families.py`, which records "
+             "config class with a tokenizer of the kind the family ships, LoRA-trained 2 steps, merged, "
+             "exported and quantized with every artifact's parity check, and evaluated; and again "
+             "with `train.method: full` (one step, every weight), merged and exported at full "
+             "precision with parity (`tests/test_families.py`, which records "
              "`docs/support-matrix.json`; `python scripts/gen_support_table.py` writes this table). "
              "✓ works; ✗ fails; refused: `edgedistill run` exits 2 before any work, naming family and "
              "format. The last column: the same token ids from the HF tokenizer, llama.cpp and ORT "

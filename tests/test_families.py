@@ -1,14 +1,16 @@
-"""The support matrix: a tiny random student of each family (tests/families.py) through LoRA
-training (2 steps), merge, every export and quantization with its parity check, and eval, as
-`edgedistill run` does them; plus a tokenizer round trip (the same ids from the HF tokenizer,
-llama.cpp and ORT GenAI on a text with digits, accents, emoji, whitespace runs and the chat
-template's special tokens).
+"""The support matrix: a tiny random student of each family (tests/families.py, each with a
+tokenizer of its family's kind: byte-level BPE or SentencePiece) through LoRA training (2 steps),
+merge, every export and quantization with its parity check, and eval, as `edgedistill run` does
+them; through full training (`train.method: full`, one step), merge and each format's
+full-precision export with parity; and a tokenizer round trip (the same ids from the HF
+tokenizer, llama.cpp and ORT GenAI on a text with digits, accents, emoji, whitespace runs and the
+chat template's special tokens).
 
-Each family's result (per artifact: works, or why not) is written to docs/support-matrix.json,
-which scripts/gen_support_table.py renders into the README (checked by the last test). A
-combination a converter cannot take must be refused before any work by
-:func:`edgedistill.formats.support.check_student` (exit 2 naming family and format): the test
-fails on any failure that the preflight did not announce."""
+Each family's result (per artifact and per training method: works, or why not) is written to
+docs/support-matrix.json, which scripts/gen_support_table.py renders into the README (checked by
+the table test). A combination a converter cannot take must be refused before any work by
+:func:`edgedistill.formats.support.check_student` (exit 2 naming family and format): the tests
+fail on any failure that the preflight did not announce."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_recipe
-from families import FAMILIES, build_family_model, sentencepiece_tokenizer
+from families import (FAMILIES, TOKENIZER_KINDS, build_family_model, byte_level_tokenizer,
+                      sentencepiece_tokenizer)
 from trainkit import records, write_data
 from edgedistill.artifacts import list_artifacts
 from edgedistill.recipes import load_recipe
@@ -40,8 +43,15 @@ ROUNDTRIP = "Año 2024: 3.14159 café naïve 🙂🚀  two  spaces\tand\ttabs\n\
 
 
 @pytest.fixture(scope="module")
-def spm_dir(tmp_path_factory) -> Path:
-    return sentencepiece_tokenizer(tmp_path_factory.mktemp("spm"))
+def tokenizers(tmp_path_factory) -> dict[str, Path]:
+    """The Gemma SentencePiece and the byte-level BPE tokenizers, built once for every family."""
+    return {"spm_dir": sentencepiece_tokenizer(tmp_path_factory.mktemp("spm")),
+            "bpe_dir": byte_level_tokenizer(tmp_path_factory.mktemp("bpe"))}
+
+
+@pytest.fixture
+def spm_dir(tokenizers) -> Path:
+    return tokenizers["spm_dir"]
 
 
 def _stage_of(art_id: str) -> str:
@@ -93,48 +103,51 @@ def _roundtrip(run: Run, template_text: str) -> dict:
 
 
 def _record(name: str, entry: dict) -> None:
+    """``entry``'s keys into the family's row; ``training`` per method, so that either test can
+    run alone."""
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if data.get(name) != entry:
-        data[name] = entry
+    row = dict(data.get(name, {}))
+    for key, value in entry.items():
+        row[key] = {**row.get(key, {}), **value} if key == "training" else value
+    if data.get(name) != row:
+        data[name] = row
         RESULTS.write_text(json.dumps(dict(sorted(data.items())), indent=2, ensure_ascii=False) + "\n")
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_family_through_every_format(name, tmp_path, spm_dir, monkeypatch):
-    from edgedistill.pipeline import run_pipeline
+def _start(name: str, root: Path, tokenizers: dict, monkeypatch, train: dict,
+           export: dict) -> tuple[Run, dict, dict[str, str]]:
+    """The family's tiny student, its recipe through the preflight (a format it refuses must be
+    refused before any work, naming family and format; the rest must pass), and a run of the
+    formats left with train/eval data written as the generate stage would."""
     from edgedistill.teacher import generate
 
     monkeypatch.setattr(generate, "generate", lambda run, force=False: None)  # answers written below
-    model = build_family_model(name, tmp_path / "model", spm_dir=spm_dir)
+    model = build_family_model(name, root / "model", **tokenizers)
     config = json.loads((model / "config.json").read_text())
-    recipe_path = write_recipe(
-        tmp_path / "recipe", student={"model": str(model)}, targets=[],
-        train={"max_steps": 2, "batch_size": 4, "max_length": 128,
-               "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        export={"parity_prompts": 2, "parity_max_new_tokens": 8, "quantize": QUANTIZE},
-        eval={"max_new_tokens": 8}, gates={"min_retention": None})
+    recipe_path = write_recipe(root / "recipe", student={"model": str(model)}, targets=[],
+                               train={"batch_size": 4, "max_length": 128, **train}, export=export,
+                               eval={"max_new_tokens": 8}, gates={"min_retention": None})
     recipe = load_recipe(recipe_path)
     refused = support.refusals(config, list(recipe.export.formats))
-    if refused:  # refused before any work, naming family and format
+    if refused:
         with pytest.raises(ConfigError) as e:
             support.check_student(recipe, {"generate", "train", "export"})
         assert support.family(config) in str(e.value)
         assert all(f"{fmt}:" in str(e.value) for fmt in refused)
     formats = [f for f in recipe.export.formats if f not in refused]
     recipe = load_recipe(recipe_path, [f"export.formats=[{','.join(formats)}]"])
-    support.check_student(recipe, {"generate", "train", "export"})  # the rest is not refused
-    run = Run.create(tmp_path / "run", recipe)
+    support.check_student(recipe, {"generate", "train", "export"})
+    run = Run.create(root / "run", recipe)
     write_data(run, records(12), records(4, seed=1, prefix="e"))
+    return run, config, refused
 
-    failure = None
-    try:
-        run_pipeline(run, until="eval")
-    except EdgeDistillError as e:
-        failure = e
-    arts = {a["id"]: a for a in list_artifacts(run)}
+
+def _results(run: Run, refused: dict[str, str], wanted: dict[str, list[str]]) -> dict[str, dict]:
+    """Each wanted artifact: works, refused (and why), or fails (and why)."""
+    arts = {a["id"] for a in list_artifacts(run)}
     stages = run.read_manifest()["stages"]
     result: dict[str, dict] = {}
-    for fmt, ids in ARTIFACTS.items():
+    for fmt, ids in wanted.items():
         for art_id in ids:
             if fmt in refused:
                 result[art_id] = {"status": "refused", "reason": refused[fmt]}
@@ -143,10 +156,37 @@ def test_family_through_every_format(name, tmp_path, spm_dir, monkeypatch):
             else:
                 result[art_id] = {"status": "fails", "reason": _reason(stages.get(_stage_of(art_id)),
                                                                        "not built")}
+    return result
+
+
+def _pipeline(run: Run, until: str) -> EdgeDistillError | None:
+    from edgedistill.pipeline import run_pipeline
+
+    try:
+        run_pipeline(run, until=until)
+    except EdgeDistillError as e:
+        return e
+    finally:  # TEMP
+        print("STAGES", run.root if hasattr(run, "root") else "", {k: v.get("seconds") for k, v in run.read_manifest()["stages"].items()})
+    return None
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_through_every_format(name, tmp_path, tokenizers, monkeypatch):
+    """LoRA (2 steps), merge, every export and quantization with parity, eval; the round trip."""
+    run, config, refused = _start(name, tmp_path, tokenizers, monkeypatch,
+                                  train={"max_steps": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+                                  export={"parity_prompts": 2, "parity_max_new_tokens": 8,
+                                          "quantize": QUANTIZE})
+    failure = _pipeline(run, until="eval")
+    result = _results(run, refused, ARTIFACTS)
+    stages = run.read_manifest()["stages"]
     trip = _roundtrip(run, "") if "merge" in run.done_stages() else {"match": False, "differ": ["no merge"]}
+    lora = {"status": "works" if "merge" in run.done_stages() else "fails"}
+    if lora["status"] == "fails":
+        lora["reason"] = _reason(stages.get("train") or stages.get("merge"), str(failure))
     entry = {"model_type": config["model_type"], "architecture": config["architectures"][0],
-             "tokenizer": ("SentencePiece BPE, byte fallback, gemma template" if FAMILIES[name][2] == "gemma"
-                           else "SentencePiece BPE (tests/assets/tiny-tokenizer), ChatML"),
+             "tokenizer": TOKENIZER_KINDS[FAMILIES[name][2]], "training": {"lora": lora},
              "artifacts": result, "tokenizer_roundtrip": {k: trip[k] for k in ("match", "differ")},
              "eval": stages.get("eval", {}).get("status")}
     _record(name, entry)
@@ -154,7 +194,41 @@ def test_family_through_every_format(name, tmp_path, spm_dir, monkeypatch):
     assert not fails, f"{name}: failed without being refused up front: {fails} ({failure})"
     assert entry["eval"] == "done"
     assert trip["match"], f"{name}: token ids differ in {trip['differ']}: {trip.get('ids')}"
-    for art in arts.values():
+    for art in list_artifacts(run):
+        assert art["parity"]["chat_prompt_ids_match"] is True, (name, art["id"])
+
+
+FULL_PRECISION = {"onnx": ["onnx-fp32"], "ortgenai": ["ortgenai-fp32"], "gguf": ["gguf-f16"]}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_full_training(name, tmp_path, tokenizers, monkeypatch):
+    """train.method: full (one step: every weight), merge, and each format's full-precision export
+    with its parity check. Quantization and eval take the merged model whichever method made it
+    (the LoRA test above covers them), so they are not repeated here."""
+    from safetensors.numpy import load_file
+
+    run, _, refused = _start(name, tmp_path, tokenizers, monkeypatch,
+                             train={"method": "full", "max_steps": 1},
+                             export={"parity_prompts": 2, "parity_max_new_tokens": 8,
+                                     "quantize": {"onnx": [], "ortgenai": [], "gguf": []}})
+    failure = _pipeline(run, until="export")
+    result = _results(run, refused, FULL_PRECISION)
+    full: dict = {"status": "works", "artifacts": sorted(k for k, v in result.items() if v["status"] == "works")}
+    stages = run.read_manifest()["stages"]
+    if "merge" not in run.done_stages():
+        full = {"status": "fails", "reason": _reason(stages.get("train") or stages.get("merge"), str(failure))}
+    elif any(v["status"] == "fails" for v in result.values()):
+        full = {"status": "fails", "reason": "; ".join(f"{k}: {v['reason']}" for k, v in result.items()
+                                                     if v["status"] == "fails")}
+    _record(name, {"training": {"full": full}})
+    assert full["status"] == "works", f"{name}: {full['reason']} ({failure})"
+    base = load_file(tmp_path / "model" / "model.safetensors")
+    merged = load_file(run.merged_dir / "model.safetensors")
+    assert base.keys() == merged.keys()
+    moved = [k for k in base if (base[k] != merged[k]).any()]
+    assert any("embed" in k for k in moved) and any("layers.0." in k for k in moved), moved
+    for art in list_artifacts(run):
         assert art["parity"]["chat_prompt_ids_match"] is True, (name, art["id"])
 
 
