@@ -265,8 +265,11 @@ def render(s: dict, name: str = "demo") -> str:
                 f"{_n(cal.get('swap_consistency'))}: {'trusted' if cal.get('trusted') else 'not trusted'} "
                 f"(eval.judge.min_agreement {cal.get('min_agreement')})"
                 + (f"; it read {cost.get('prompt_tokens')} prompt tokens ({cost.get('decoded_tokens')} decoded "
-                   f"once prefixes were shared) in {cost['seconds']:.0f} s for {judge.get('unique_questions')} "
-                   "questions." if cost.get("seconds") else "."), ""]
+                   f"once prefixes were shared) in {cost['seconds']:.0f} s for {cost.get('questions')} of the "
+                   f"{judge.get('unique_questions')} questions"
+                   + (" (a run killed before it finished asked the others)"
+                      if (cost.get("questions") or 0) < (judge.get("unique_questions") or 0) else "") + "."
+                   if cost.get("seconds") else "."), ""]
     t = s.get("training_data") or {}
     if t:
         verified = ", ".join(f"{v} {k}" for k, v in sorted((t.get("verified") or {}).items()))
@@ -282,7 +285,9 @@ def render(s: dict, name: str = "demo") -> str:
         tail.append(f"Training labels: {t.get('train')} ({verified}), from {' and '.join(origin)}; "
                     f"the rest were rejected ({rejected}).")
     shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
-    sentence = headline_sentence(s.get("headline") or {}) or legacy_seed_sentence(s.get("seed_claims"), shipped)
+    # the headline sets the shipped student against the teacher: the demo's section carries it
+    sentence = (headline_sentence(s.get("headline") or {}) or legacy_seed_sentence(s.get("seed_claims"), shipped)
+                if name == "demo" else None)
     if sentence:
         out += [sentence, ""]
     kinds = s.get("by_kind") or {}

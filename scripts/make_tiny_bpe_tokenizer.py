@@ -45,18 +45,21 @@ CORPUS = (
 
 def chktxt() -> str:
     """The string llama.cpp's converter hashes the ids of (read from the converter itself)."""
-    from edgedistill.formats import gguf
+    import ast
 
-    src = (gguf.converter().script.parent / "conversion" / "base.py")
-    text = src.read_text() if src.exists() else gguf.converter().script.read_text()
-    return eval(re.search(r"\n\s*chktxt = ('.*')\n", text).group(1))  # a string literal
+    text = _converter_source()
+    return ast.literal_eval(re.search(r"\n\s*chktxt = ('.*')\n", text).group(1))
 
 
-def known_hashes() -> dict[str, str]:
+def _converter_source() -> str:
     from edgedistill.formats import gguf
 
     root = gguf.converter().script.parent
-    text = "".join(p.read_text() for p in [root / "convert_hf_to_gguf.py", *root.glob("conversion/*.py")])
+    return "".join(p.read_text() for p in [root / "convert_hf_to_gguf.py", *sorted(root.glob("conversion/*.py"))])
+
+
+def known_hashes() -> dict[str, str]:
+    text = _converter_source()
     return dict(re.findall(r'chkhsh == "([0-9a-f]{64})":\s*\n\s*#[^\n]*\n\s*res = "([^"]+)"', text))
 
 
@@ -76,7 +79,7 @@ def prune(full: dict, texts: list[str]) -> dict:
     """The pieces and merges SmolLM2's BPE uses on ``texts``. Every merge makes a piece no other
     merge makes (checked), so a final piece's merge tree is the merges that built it, and BPE with
     this subset of merges (in their order) encodes ``texts`` exactly as the full one does."""
-    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import Tokenizer
 
     model = full["model"]
     merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
@@ -84,8 +87,6 @@ def prune(full: dict, texts: list[str]) -> dict:
     assert len(made_by) == len(merges), "two merges make the same piece"
     rank = {(a, b): i for i, (a, b) in enumerate(merges)}
     tok = Tokenizer.from_str(json.dumps({**full, "pre_tokenizer": PRE_TOKENIZER, "normalizer": None}))
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     keep: set[str] = {p for p in model["vocab"] if len(p) == 1}
     used: set[tuple[str, str]] = set()
 
@@ -99,7 +100,7 @@ def prune(full: dict, texts: list[str]) -> dict:
         add(b)
 
     for text in texts:
-        for word, _ in pre.pre_tokenize_str(text):
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(text):
             for piece in tok.model.tokenize(word):
                 add(piece.value)
     vocab = {p: model["vocab"][p] for p in sorted(keep, key=model["vocab"].get)}
@@ -118,16 +119,15 @@ def main(arg: str | None) -> None:
               "vocab_size": len(full["model"]["vocab"]), **pieces}
     assert pieces["vocab_size"] == BYTE_LEVEL_SIZE, pieces["vocab_size"]
     OUT.write_text(json.dumps(pieces, ensure_ascii=False, indent=0) + "\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = byte_level_tokenizer(Path(tmp))
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        ids = AutoTokenizer.from_pretrained(tmp).encode(check)
+    with tempfile.TemporaryDirectory() as tmp:  # hashed as the converter's get_vocab_base_pre does
+        ids = AutoTokenizer.from_pretrained(byte_level_tokenizer(Path(tmp))).encode(check)
     chkhsh = hashlib.sha256(str(ids).encode()).hexdigest()
     name = known_hashes().get(chkhsh)
     assert name == "smollm", f"llama.cpp's converter would not recognize it (hash {chkhsh}: {name})"
     print(f"wrote {OUT} ({len(pieces['vocab'])} pieces, {len(pieces['merges'])} merges, ids up to "
-          f"{pieces['vocab_size'] - 1}); llama.cpp's converter recognizes it as {name!r} ({tok})")
+          f"{pieces['vocab_size'] - 1}); llama.cpp's converter recognizes it as {name!r}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ HIDDEN, LAYERS, HEADS, KV_HEADS = 64, 2, 4, 2
 # name in the support table → (transformers config class, extra config, tokenizer kind)
 FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
     "Llama": ("LlamaConfig", {}, "bpe"),
-    "LlamaSPM": ("LlamaConfig", {}, "chatml"),  # TEMP
     "Qwen2": ("Qwen2Config", {}, "bpe"),
     "Qwen3": ("Qwen3Config", {"head_dim": 16}, "bpe"),
     "Phi-3": ("Phi3Config", {"max_position_embeddings": 4096, "original_max_position_embeddings": 4096},
