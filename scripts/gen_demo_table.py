@@ -160,19 +160,6 @@ def headline_sentence(heads: dict, target: str = "cpu-x86") -> str | None:
             f"{users}.")
 
 
-def legacy_seed_sentence(sc: dict | None, shipped: str | None) -> str | None:
-    """A snapshot taken before report.json had a headline (docs/demo-results.json until the demo
-    is run again): the old scripts/seed_claims.py measurement it kept, as the README showed it."""
-    if not sc:
-        return None
-    r = next((a for a in sc["artifacts"] if a["id"] == shipped), None) or sc["artifacts"][0]
-    return (f"`scripts/seed_claims.py` against the teacher GGUF, for {r['id']} (the smallest artifact "
-            f"passing every gate): {_pct(r['latency_reduction'])} less time to a whole "
-            f"{sc['settings']['generate_tokens']}-token answer, {_pct(r['memory_reduction'])} lower peak "
-            f"RSS, {_pct(r['size_reduction'])} smaller weights, {_pct(r['retention'])} retention "
-            f"(seed: 85% lower latency, 95% lower memory, 92% retention).")
-
-
 def render_students(s: dict, name: str) -> str:
     """The demo's shipped student beside another student's run of the same profile."""
     demo_path = snapshot_path("demo")
@@ -284,10 +271,8 @@ def render(s: dict, name: str = "demo") -> str:
     if t:
         tail.append(f"Training labels: {t.get('train')} ({verified}), from {' and '.join(origin)}; "
                     f"the rest were rejected ({rejected}).")
-    shipped = (s.get("smallest_passing") or {}).get("cpu-x86")
     # the headline sets the shipped student against the teacher: the demo's section carries it
-    sentence = (headline_sentence(s.get("headline") or {}) or legacy_seed_sentence(s.get("seed_claims"), shipped)
-                if name == "demo" else None)
+    sentence = headline_sentence(s.get("headline") or {}) if name == "demo" else None
     if sentence:
         out += [sentence, ""]
     kinds = s.get("by_kind") or {}
