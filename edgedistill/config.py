@@ -161,6 +161,9 @@ class TrainConfig(Strict):
     # full: train only the last N transformer blocks (and what follows them); the token embeddings
     # and the blocks below stay frozen, and backward stops at the lowest trained block. null: all
     trainable_layers: Union[int, None] = Field(None, ge=1)
+    # full: the token embeddings (a tied LM head with them) train too. false: ~1.9x faster steps
+    # where they are most of the weights (Gemma 3 270M: 63%), at a cost in quality there
+    train_embeddings: bool = True
     learning_rate: Union[float, None] = Field(None, gt=0.0)  # null: 2e-4 for lora, 5e-5 for full
     # passes over the train split; auto: until the dev score stops improving
     epochs: Union[Annotated[float, Field(gt=0.0)], Literal["auto"]] = 3.0
@@ -200,6 +203,8 @@ class TrainConfig(Strict):
     def _trainable_layers_need_full(self) -> "TrainConfig":
         if self.trainable_layers is not None and self.method != "full":
             raise ValueError("trainable_layers is for method: full (LoRA trains adapters, not blocks)")
+        if not self.train_embeddings and self.method != "full":
+            raise ValueError("train_embeddings is for method: full (LoRA leaves the embeddings frozen)")
         return self
 
 

@@ -12,6 +12,7 @@ batch is built and computed:
 - edgedistill (packing): --set train.packing=true: examples packed into one row, position_ids
   restarting per example (block-diagonal attention, no padding);
 - edgedistill (full fine-tune): --set train.method=full (every weight);
+- full, embeddings frozen: --set train.train_embeddings=false (for Gemma 3's 262k-row vocabulary);
 - edgedistill (prefix not shared): --set train.share_prefix=false: every row computes the prompt
   prefix the batch shares (here the chat template's default system turn) itself; and the same
   for the full fine-tune (full, prefix not shared);
@@ -68,6 +69,7 @@ MODES = {  # mode → train settings on top of the recipe below (the default rec
     "full": {"method": "full", "learning_rate": 5e-5},
     "unshared": {"share_prefix": False},
     "full-unshared": {"method": "full", "learning_rate": 5e-5, "share_prefix": False},
+    "full-frozen-embeddings": {"method": "full", "learning_rate": 5e-5, "train_embeddings": False},
 }
 
 
@@ -188,6 +190,7 @@ def spawn(args, mode: str, model: str) -> dict:
 
 LABELS = {"grouped": "edgedistill (length-grouped)", "grouped-fp32": "edgedistill (grouped, fp32)",
           "packing": "edgedistill (packing)", "full": "edgedistill (full fine-tune)",
+          "full-frozen-embeddings": "full, embeddings frozen",
           "unshared": "edgedistill (prefix not shared)", "full-unshared": "full, prefix not shared",
           "baseline": "baseline (padded, random, fp32)"}
 
@@ -252,6 +255,7 @@ def main() -> None:
     ratio("grouped", "grouped-fp32", "bf16 autocast over fp32 (same LoRA, same batches)")
     ratio("grouped", "unshared", "the shared prompt prefix once per batch over once per row (LoRA)")
     ratio("full", "full-unshared", "the shared prompt prefix once per batch over once per row (full fine-tune)")
+    ratio("full-frozen-embeddings", "full", "embeddings frozen over trained (full fine-tune)")
     print(json.dumps({"model": args.model, "data": args.data, "steps": args.steps, "batch_size": args.batch_size,
                       "lengths": stats, "best": best,
                       "default_mode": default, "speedup": speedup, "cpu_speedup": cpu_speedup,

@@ -376,6 +376,29 @@ def test_trainable_layers_freeze_the_embeddings_and_the_blocks_below(tmp_path, t
         train(too_many)
 
 
+def test_a_full_fine_tune_can_leave_the_embeddings_frozen(tmp_path):
+    """train.train_embeddings false: a vocabulary that holds most of the weights (the tiny byte-level
+    BPE Llama's 49k rows, as Gemma 3 270M's 262k) stays frozen, tied LM head with it, and the blocks
+    train; true (the default) trains it as well."""
+    from safetensors.torch import load_file
+
+    from edgedistill.train.finetune import train
+    from families import build_family_model
+
+    model_dir = build_family_model("Llama", tmp_path / "model")
+    base = load_file(model_dir / "model.safetensors")
+    embed = [k for k in base if "embed_tokens" in k]
+    assert embed and base[embed[0]].numel() > sum(t.numel() for t in base.values()) / 2
+    for setting, trained in ((False, False), (True, True)):
+        run = make_run(tmp_path / str(setting), model_dir, max_steps=2, method="full", learning_rate=1e-3,
+                       precision="fp32", train_embeddings=setting)
+        train(run)
+        after = load_file(run.finetuned_dir / "model.safetensors")
+        assert (not torch_equal(base[embed[0]], after[embed[0]])) is trained
+        assert not torch_equal(base["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+        assert run.stage_entry("train")["metrics"]["embeddings_trained"] is trained
+
+
 def test_lora_covers_every_linear_projection_by_default(tmp_path, tiny_model_dir):
     from edgedistill.train.finetune import train
 
@@ -448,11 +471,12 @@ def _with_system_prompt(recs: list[dict]) -> list[dict]:
              + r["messages"]} for r in recs]
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-def test_a_shared_prompt_prefix_runs_once_and_the_loss_and_gradients_stay(tmp_path, tiny_model_dir, impl):
+@pytest.mark.parametrize("impl,family", [("eager", None), ("sdpa", None), ("sdpa", "Gemma 3")])
+def test_a_shared_prompt_prefix_runs_once_and_the_loss_and_gradients_stay(tmp_path, tiny_model_dir, impl, family):
     """train.share_prefix: the batch's common prefix (system turn) runs once, on one row, and the
     rows continue from its repeated cache; cross-entropy, KD and every gradient are those of the
-    whole rows, padding included."""
+    whole rows, padding included. Gemma 3 makes no cache of its own in training (and has sliding
+    window layers): the trainer hands it one."""
     import torch
     from transformers import AutoModelForCausalLM, TrainingArguments
 
@@ -460,6 +484,10 @@ def test_a_shared_prompt_prefix_runs_once_and_the_loss_and_gradients_stay(tmp_pa
     from edgedistill.train.student import load_tokenizer
     from edgedistill.train.trainer import DistilTrainer, shared_prefix
 
+    if family:
+        from families import build_family_model
+
+        tiny_model_dir = build_family_model(family, tmp_path / "model")
     tok = load_tokenizer(str(tiny_model_dir))
     batch = Collator(pad_id=tok.pad_token_id, packing=False)(
         [encode_example(tok, r, 256) for r in _with_system_prompt(records(5))])

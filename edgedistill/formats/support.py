@@ -2,10 +2,10 @@
 
 A student family x format combination that a converter cannot take is refused with exit 2 naming
 the family and the format before generate or train begins, never found out after training. The
-checks read only the student's config.json (a local directory or the hub cache) or GGUF header,
-and the converters' own source for the architectures they register; the support table in the
-README (tests/test_families.py, scripts/gen_support_table.py) is what these checks were proved
-against.
+checks read the student's config.json (a local directory or the hub cache) or GGUF header, and
+the converters' own source for the architectures they register; a byte-level BPE tokenizer is put
+to llama.cpp's converter itself (:func:`_pretokenizer_problem`). The support table in the README
+(tests/test_families.py, scripts/gen_support_table.py) is what these checks were proved against.
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ import importlib.util
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgedistill.errors import ConfigError, NotAvailable
+
+if TYPE_CHECKING:
+    from edgedistill.formats.gguf import Converter
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,10 @@ def is_longrope(config: dict[str, Any]) -> bool:
     return bool(orig) and config.get("max_position_embeddings") != orig
 
 
-def refusals(config: dict[str, Any], formats: list[str], *, gguf_dir: str | None = None) -> dict[str, str]:
-    """format → why its converter cannot take this model, for each format in ``formats``."""
+def refusals(config: dict[str, Any], formats: list[str], *, gguf_dir: str | None = None,
+             model_dir: Path | None = None) -> dict[str, str]:
+    """format → why its converter cannot take this model, for each format in ``formats``
+    (``model_dir``: the student's files, for the checks that read its tokenizer)."""
     arch = (config.get("architectures") or ["?"])[0]
     out: dict[str, str] = {}
     if "ortgenai" in formats:
@@ -57,6 +64,10 @@ def refusals(config: dict[str, Any], formats: list[str], *, gguf_dir: str | None
         supported = _gguf_architectures(gguf_dir)
         if supported and arch not in supported:
             out["gguf"] = f"llama.cpp's converter cannot take the {arch} architecture"
+        elif supported and model_dir is not None and _byte_level_bpe(model_dir):
+            why = _pretokenizer_problem(model_dir, arch, gguf_dir)
+            if why:
+                out["gguf"] = why
     return out
 
 
@@ -88,8 +99,8 @@ def _ortgenai_architectures() -> list[str]:
     return sorted(set(re.findall(r'config\.architectures\[0\] == "(\w+)"', src)))
 
 
-def _gguf_architectures(llama_cpp_dir: str | None) -> tuple[str, ...]:
-    """The converter's architectures, when it is already at hand (never downloaded here)."""
+def _gguf_converter(llama_cpp_dir: str | None) -> Converter | None:
+    """llama.cpp's converter when it is already at hand (never downloaded here), else None."""
     from edgedistill.formats import gguf
 
     try:
@@ -97,19 +108,85 @@ def _gguf_architectures(llama_cpp_dir: str | None) -> tuple[str, ...]:
             gguf.cache_dir() / f"llama.cpp-{gguf.llama_cpp_python_version()}"
     except NotAvailable as e:  # llama-cpp-python missing: the GGUF stage says so itself
         log.debug("no GGUF converter at hand: %s", e)
-        return ()
+        return None
     script = root / "convert_hf_to_gguf.py"
-    if not script.is_file():
-        return ()
-    return gguf.supported_architectures(gguf.Converter(script, root / "gguf-py", "", ""))
+    return gguf.Converter(script, root / "gguf-py", "", "") if script.is_file() else None
 
 
-def student_config(ref: str) -> dict[str, Any] | None:
-    """config.json of a local directory or of a hub id in the local cache; a GGUF's architecture
-    as transformers would name it is not known before its import (None)."""
+def _gguf_architectures(llama_cpp_dir: str | None) -> tuple[str, ...]:
+    from edgedistill.formats import gguf
+
+    conv = _gguf_converter(llama_cpp_dir)
+    return gguf.supported_architectures(conv) if conv else ()
+
+
+def _byte_level_bpe(folder: Path) -> bool:
+    """Whether llama.cpp's converter takes this tokenizer down its GPT-2 BPE path, the one that
+    identifies the pre-tokenizer by a hash: tokenizer.json a BPE model split by ``ByteLevel``, and
+    no tokenizer.model (which sends it down the SentencePiece path first)."""
+    tj_path = folder / "tokenizer.json"
+    if (folder / "tokenizer.model").exists() or not tj_path.is_file():
+        return False
+    tj = json.loads(tj_path.read_text())
+    pre = tj.get("pre_tokenizer") or {}
+    kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
+    return (tj.get("model") or {}).get("type") == "BPE" and "ByteLevel" in kinds
+
+
+# Asks the converter's own get_vocab_base_pre (a hash of the token ids of its fixed text, looked
+# up in its table), in a process of its own: importing the converter loads torch and its
+# `conversion` package from its directory, with its own gguf-py, as a real conversion does.
+_ASK_PRE = """
+import json, sys
+root, arch, folder = sys.argv[1:4]
+sys.path.insert(0, root)
+import convert_hf_to_gguf as c
+from transformers import AutoTokenizer
+cls = c.get_model_class(arch) if hasattr(c, "get_model_class") else c.ModelBase.from_model_architecture(arch)
+tok = AutoTokenizer.from_pretrained(folder)
+try:
+    pre = cls.get_vocab_base_pre(object.__new__(cls), tok)
+except NotImplementedError:  # "BPE pre-tokenizer was not recognized"
+    pre = None
+print(json.dumps({"pre": pre}))
+"""
+
+
+def _pretokenizer_problem(folder: Path, arch: str, llama_cpp_dir: str | None) -> str | None:
+    """Why the converter would fail on this byte-level BPE tokenizer (its pre-tokenizer's hash
+    is not one it knows: NotImplementedError at the GGUF export, after training), or None when
+    it knows it or cannot be asked (then the export finds out, as before)."""
+    conv = _gguf_converter(llama_cpp_dir)
+    if conv is None:
+        return None
+    cmd = [sys.executable, "-c", _ASK_PRE, str(conv.script.parent), arch, str(folder)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=conv.env(), timeout=300)
+        answer = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as e:
+        log.debug("could not ask llama.cpp's converter about %s: %s", folder, e)
+        return None
+    if answer is None:
+        log.debug("could not ask llama.cpp's converter about %s (exit %d): %s", folder,
+                  proc.returncode, proc.stderr.strip()[-500:])
+        return None
+    if answer["pre"] is not None:
+        log.debug("llama.cpp's converter knows the pre-tokenizer of %s: %s", folder, answer["pre"])
+        return None
+    return (f"llama.cpp's converter does not recognize the byte-level BPE pre-tokenizer in "
+            f"{folder / 'tokenizer.json'} (get_vocab_base_pre: \"BPE pre-tokenizer was not "
+            "recognized\"); a student whose tokenizer llama.cpp knows converts, or a llama.cpp "
+            "checkout that knows it (convert_hf_to_gguf_update.py) given as export.llama_cpp_dir")
+
+
+def student_dir(ref: str) -> Path | None:
+    """The folder holding the student's config.json: a local directory or a hub id's snapshot
+    in the local cache; None for a GGUF student (its architecture as transformers would name it
+    is not known before its import, and its tokenizer is the one llama.cpp's converter made) or
+    one not at hand."""
     p = Path(ref).expanduser()
     if (p / "config.json").is_file():
-        return json.loads((p / "config.json").read_text())
+        return p
     if p.exists() or ref.lower().endswith(".gguf") or ref.startswith("pypi:"):
         return None
     try:
@@ -119,7 +196,7 @@ def student_config(ref: str) -> dict[str, Any] | None:
     except (ValueError, OSError) as e:  # not a valid repo id: student_path says so when train starts
         log.debug("no cached config for %s: %s", ref, e)
         return None
-    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def check_student(recipe: Any, stages: set[str]) -> None:
@@ -130,11 +207,12 @@ def check_student(recipe: Any, stages: set[str]) -> None:
         _check_template(student)
     if "export" not in stages and "train" not in stages:
         return
-    config = student_config(student.model)
-    if config is None:
+    folder = student_dir(student.model)
+    if folder is None:
         return
+    config = json.loads((folder / "config.json").read_text())
     formats = list(recipe.export.formats)
-    refused = refusals(config, formats, gguf_dir=recipe.export.llama_cpp_dir)
+    refused = refusals(config, formats, gguf_dir=recipe.export.llama_cpp_dir, model_dir=folder)
     if refused:
         fam = family(config)
         left = [f for f in formats if f not in refused]

@@ -129,6 +129,8 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         model = _with_lora(model, cfg, base)
     elif cfg.trainable_layers is not None:
         _freeze_below(model, cfg.trainable_layers, base)
+    elif not cfg.train_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)  # a tied LM head with them
     lr = cfg.learning_rate or LEARNING_RATE[cfg.method]
     auto = cfg.epochs == "auto"
     select = cfg.select if dev_set or cfg.select == "last" else "last"
@@ -143,6 +145,9 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         learning_rate=lr, num_train_epochs=cfg.max_epochs if auto else cfg.epochs,
         max_steps=cfg.max_steps or -1, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler, logging_steps=0.02, logging_first_step=True,
+        # one fused kernel per tensor: the step of a 168M-weight embedding in 0.13 s against 1.09
+        # for torch's default foreach AdamW on 2 cores, SmolLM2's whole step 0.35 s faster
+        optim="adamw_torch_fused",
         save_strategy=strategy if select != "last" else "steps", save_steps=cfg.eval_steps or cfg.save_steps,
         save_total_limit=2, save_only_model=cfg.method == "full",  # no 1 GB optimizer state per save
         eval_strategy=strategy, eval_steps=cfg.eval_steps,
@@ -204,6 +209,7 @@ def _train(run: Run, state, *, force: bool, adapter_out: Path | None) -> dict[st
         "recipe_seed": recipe.seed, "processes": state.num_processes, "packing": cfg.packing,
         "resumed_from": resume.name if resume else None,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "embeddings_trained": bool(model.get_input_embeddings().weight.requires_grad),
         "shared_prefix": trainer.prefix_stats if trainer.asked_to_share_prefix else None,
         "kd": kd, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

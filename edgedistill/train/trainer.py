@@ -110,8 +110,13 @@ class DistilTrainer(Trainer):
         p = shared_prefix(ids, mask, inputs.get("labels"))
         if p < MIN_SHARED:
             return None
+        from transformers import DynamicCache
+
         extra = {"logits_to_keep": 1} if self._accepts_logits_to_keep(model) else {}
-        cache = model(input_ids=ids[:1, :p], use_cache=True, **extra).past_key_values
+        # a cache of our own: some models make one only when not training (Gemma 3: none back)
+        config = self.accelerator.unwrap_model(model).config
+        cache = model(input_ids=ids[:1, :p], use_cache=True, past_key_values=DynamicCache(config=config),
+                      **extra).past_key_values
         rows, width = ids.shape
         cache.batch_repeat_interleave(rows)
         positions = torch.arange(p, width, device=ids.device).unsqueeze(0).expand(rows, -1)
