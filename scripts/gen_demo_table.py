@@ -68,6 +68,33 @@ def by_kind(run_dir: Path, rungs: list[str]) -> dict[str, dict[str, list[float]]
     return dict(sorted(out.items()))
 
 
+SECTIONS = ("teacher", "student", "train", "export", "eval", "bench", "gates", "targets")  # not data: its paths
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()} if d else {prefix: d}
+
+
+def overrides(run_dir: Path, profile: str) -> list[str]:
+    """The `--set KEY=VALUE`s that turn the bundled ``profile`` into the run's recipe (what the run
+    directory's config.yaml holds), leaving out what the student's own set implies (a packaged
+    base model's chat template)."""
+    from edgedistill.recipes import load_recipe
+    from edgedistill.schema import bundled
+
+    path = Path(profile) if Path(profile).is_file() else bundled("profiles") / Path(profile).name
+
+    def diff(sets: list[str]) -> list[str]:
+        base = _flat(load_recipe(path, sets).model_dump(mode="json", include=set(SECTIONS)))
+        return [f"{k[:-1]}={v if isinstance(v, str) else json.dumps(v)}" for k, v in ran.items() if base.get(k) != v]
+
+    ran = _flat(load_recipe(run_dir / "config.yaml").model_dump(mode="json", include=set(SECTIONS)))
+    student = [x for x in diff([]) if x.startswith("student.model=")]
+    return student + diff(student)
+
+
 def snapshot(run_dir: Path) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -93,6 +120,7 @@ def snapshot(run_dir: Path) -> dict:
                  if (a.get("bench") or {}).get("cpu-x86")), None)
     return {
         "source": {"run_dir": report["run_dir"], "recipe": report["recipe"],
+                   "overrides": overrides(run_dir, report["recipe"]),
                    "edgedistill_version": report["edgedistill_version"], "host": host,
                    "versions": next((s.get("versions") for s in stages.values() if s.get("versions")), None)},
         "metric": report["metric"], "eval": report["eval"], "training_data": report.get("training_data"),
@@ -165,7 +193,8 @@ def render_students(s: dict, name: str) -> str:
     demo_path = snapshot_path("demo")
     runs = ([("demo", json.loads(demo_path.read_text()))] if demo_path.is_file() else []) + [(name, s)]
     host = s["source"].get("host") or {}
-    out = [f"The demo's recipe with another student (`edgedistill run {COMPACT[name]}`), on "
+    sets = " ".join(f"--set {x}" for x in s["source"].get("overrides") or []) or COMPACT[name]
+    out = [f"The demo's recipe with another student (`edgedistill run {sets}`), on "
            f"{host.get('cpu')} ({host.get('cores_logical')} cores); {s['metric']} on the {s['eval']['n']} "
            "held-out questions, the shipped artifact's retention with its 95% interval. Every "
            "artifact passed its parity check (export keeps no file that fails it).", "",
