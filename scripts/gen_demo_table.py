@@ -132,8 +132,8 @@ def snapshot(run_dir: Path) -> dict:
         "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
         "gates": {"verdict": report["gates"].get("verdict"), "limits": report.get("gate_limits")},
         "headline": report.get("headline"),
-        "by_kind": by_kind(run_dir, ["teacher", "student_merged",
-                                     (report.get("smallest_passing") or {}).get("cpu-x86") or "student_merged"]),
+        "by_kind": by_kind(run_dir, list(dict.fromkeys(  # each rung once
+            ["teacher", "student_merged", (report.get("smallest_passing") or {}).get("cpu-x86") or "student_merged"]))),
         "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
         "wall_seconds": round(max(finished) - _ts(manifest["created_at"])) if finished else None,
     }

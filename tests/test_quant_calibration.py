@@ -229,6 +229,38 @@ def test_gptq_hessians_from_one_run_per_sequence_give_the_same_weights(tmp_path,
         np.testing.assert_array_equal(fast[name], value, err_msg=name)
 
 
+def test_gptq_takes_a_model_past_2_gb_from_a_file(tmp_path, cal_run, monkeypatch):
+    """onnxruntime's GPTQ has no file to write its augmented copy beside for a model past 2 GB
+    given in memory (a 0.5B student in fp32: "NoneType + str"); such a model goes to it as a
+    file with external data: here with the limit lowered, the same packed weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgedistill.formats import gptq
+    from edgedistill.formats.calibration import load
+    from edgedistill.formats.variants import onnx_variant
+
+    def packed(path: Path) -> dict:
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+    ids = load(cal_run.export_dir / "calibration" / "calibration.json").select_tokens(200)
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "file").mkdir()
+    in_memory = packed(onnx_variant(cal_run, "int4", tmp_path / "memory", "gptq", ids))
+    saved = []
+    real = gptq._as_file_if_large
+    from onnxruntime.quantization.neural_compressor import onnx_model as inc_model
+
+    monkeypatch.setattr(gptq, "LARGE", 0)
+    monkeypatch.setattr(inc_model, "MAXIMUM_PROTOBUF", 0)  # and onnxruntime's GPTQ takes its large-model path
+    monkeypatch.setattr(gptq, "_as_file_if_large", lambda m, folder: saved.append(real(m, folder)) or saved[-1])
+    from_file = packed(onnx_variant(cal_run, "int4", tmp_path / "file", "gptq", ids))
+    assert saved and isinstance(saved[0], str) and not Path(saved[0]).exists()  # a temporary file, gone
+    assert from_file.keys() == in_memory.keys()
+    for name, value in in_memory.items():
+        np.testing.assert_array_equal(from_file[name], value, err_msg=name)
+
+
 def test_one_pass_session_hands_each_output_out_once_and_passes_the_rest_through():
     import types
 

@@ -1,7 +1,8 @@
 """Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, byte-level BPE with Qwen2's pre-tokenizer,
 151k vocabulary, tied embeddings) as the demo's student, end to end (`pytest -m slow`): a second
 real family beside the Llama-architecture SmolLM2 and Gemma 3. One epoch, to keep a 0.5B full
-fine-tune on 2 cores within the hour; every format through parity, eval and bench."""
+fine-tune on 2 cores within the hour; every format through parity, eval and bench (its fp32 ONNX
+is past 2 GB: ORT GenAI int4's GPTQ takes it from a file)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 def test_qwen2_5_coder_0_5b_through_every_format(tmp_path):
     run_dir = tmp_path / "qwen"
     proc = subprocess.run([sys.executable, "-m", "edgedistill.cli", "run", "--run-dir", str(run_dir),
-                           "--set", "student.model=pypi:qwen2.5-coder-0.5b-instruct", "--set", "train.epochs=1"],
+                           "--set", "student.model=pypi:qwen2.5-coder-0.5b-instruct", "--set", "train.epochs=1",
+                           # the demo's 8e-5 from the first step took it from 0.71 to 0.14 (a step's loss
+                           # 0.43 -> 6.5): an instruct model of 0.5B wants a smaller rate, warmed up
+                           "--set", "train.learning_rate=1e-5", "--set", "train.warmup_ratio=0.1"],
                           cwd=tmp_path, text=True, capture_output=True, check=False)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a gate's verdict, not a failure of the chain
     data = json.loads((run_dir / "report.json").read_text())

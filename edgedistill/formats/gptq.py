@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from edgedistill.errors import ArtifactError
@@ -220,6 +222,23 @@ def ort_gptq() -> Iterator[None]:
         wo.np = real
 
 
+LARGE = 2**31  # protobuf's limit: onnxruntime's GPTQ takes a larger model only from a file
+
+
+def _as_file_if_large(model: "onnx.ModelProto", folder: Path) -> "onnx.ModelProto | str":
+    """The model itself, or, past 2 GB of weights (a 0.5B student in fp32), its path saved in
+    ``folder`` with external data: onnxruntime's GPTQ writes its augmented copy beside the model's
+    file and has none for a model given in memory ("NoneType + str")."""
+    import onnx
+
+    if sum(t.ByteSize() for t in model.graph.initializer) <= LARGE:
+        return model
+    path = folder / "model-q8.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model-q8.onnx.data")
+    return str(path)
+
+
 def gptq_int4(model: "onnx.ModelProto", block_size: int, sensitive: list[str],
               calibration: list[list[int]], cfg: dict) -> Any:
     """The sensitive MatMuls at 8 bits (round-to-nearest, symmetric, as the RTN mix), then GPTQ at
@@ -236,13 +255,13 @@ def gptq_int4(model: "onnx.ModelProto", block_size: int, sensitive: list[str],
                               accuracy_level=4, nodes_to_exclude=rest)
     q8.process()
     reader = TokenReader(q8.model.model, sequences, cfg)
-    q4 = MatMulNBitsQuantizer(q8.model.model, bits=4, block_size=block_size, is_symmetric=False,
-                              accuracy_level=4,
-                              algo_config=GPTQWeightOnlyQuantConfig(calibration_data_reader=reader,
-                                                                    percdamp=0.01, block_size=128))
     log.info("GPTQ over %d calibration tokens in %d sequences", sum(map(len, sequences)), len(sequences))
-    with ort_gptq(), one_pass() as ort:
-        q4.process()
+    with tempfile.TemporaryDirectory(prefix="edgedistill-gptq-") as tmp, ort_gptq(), one_pass() as ort:
+        q4 = MatMulNBitsQuantizer(_as_file_if_large(q8.model.model, Path(tmp)), bits=4, block_size=block_size,
+                                  is_symmetric=False, accuracy_level=4,
+                                  algo_config=GPTQWeightOnlyQuantConfig(calibration_data_reader=reader,
+                                                                        percdamp=0.01, block_size=128))
+        q4.process()  # a model read from a file comes back with its weights loaded: tmp may go
     log.info("GPTQ: %d model runs for the Hessians of %d sequences",
              sum(s.runs for s in ort.sessions), len(sequences))
     return q4.model
