@@ -8,15 +8,18 @@ and the reply teacher-forced (read, not generated; up to and including the end-o
   95% bootstrap interval over examples (``kld_ci95``), and ``top1_agreement`` there (the argmax
   tokens are the same);
 - ``kld_whole`` / ``top1_agreement_whole``: the same over every position of the chat, as
-  llama.cpp's ``perplexity --kl-divergence`` measures it.
+  llama.cpp's ``perplexity --kl-divergence`` measures it (``tokens`` positions: the shared prefix's
+  counted once per chat that starts with it, as if each chat had computed it).
 
 An artifact whose logits are not finite anywhere (NaN or inf: a broken one) gets ``kld: null`` and
 ``non_finite_positions``, never a NaN in the manifest; the ``max_kld`` gate fails it.
 
 Every runtime feeds the merged model's own token ids (parity already proved each artifact renders
-the chat prompt to the same ids). The merged model's log-probabilities are computed once per
-merged model and eval split and kept in RUN/export/.quant-loss-reference/ (float16: a 135M student
-over 60 chats is ~250 MB), so each artifact costs one batched forward pass per chat.
+the chat prompt to the same ids). The prefix most chats share (their system turn: 281 of the
+support profile's ~370 tokens a chat) is computed once, its key/value cache reused, and so is its
+positions' divergence (:func:`shared_prefix`). The merged model's log-probabilities are computed
+once per merged model and eval split and kept in RUN/export/.quant-loss-reference/ (float16, the
+prefix's rows once: 0.9 GB for a 135M student over that profile's 101 chats).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgedistill.errors import DataError
+from edgedistill.formats import prefix_logits
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +46,29 @@ class Chat:
     id: Any
     ids: list[int]  # prompt + answer, ending with the end-of-turn token
     answer_start: int  # index of the answer's first token in ids
+    shared: int = 0  # leading ids that are the shared prefix (0: this chat does not start with it)
+
+
+def shared_prefix(seqs: list[list[int]]) -> list[int]:
+    """The longest run of leading tokens that at least half of ``seqs`` (two at least) start with,
+    each keeping a token of its own: the system turn most chats share, even when a few have
+    another one. Sorted, sequences with a common prefix are neighbours, so the prefix a window of
+    them shares is the one its first and last share."""
+    from edgedistill.runtimes.llama_batch import common_prefix
+
+    order = sorted(seqs)
+    k = max(2, (len(order) + 1) // 2)
+    best, at = max(((common_prefix([order[i], order[i + k - 1]]), i)
+                    for i in range(len(order) - k + 1)), default=(0, 0))
+    return order[at][:best] if best else []
+
+
+def _groups(chats: list[Chat]) -> list[tuple[list[int], list[int]]]:
+    """(prefix, indices of the chats that continue it): those sharing it, then the rest (none)."""
+    with_p = [i for i, c in enumerate(chats) if c.shared]
+    prefix = chats[with_p[0]].ids[:chats[with_p[0]].shared] if with_p else []
+    rest = [i for i, c in enumerate(chats) if not c.shared]
+    return [(p, idx) for p, idx in ((prefix, with_p), ([], rest)) if idx]
 
 
 def eval_chats(run: Any) -> list[Chat]:
@@ -71,6 +98,9 @@ def eval_chats(run: Any) -> list[Chat]:
             continue
         end = next((i + 1 for i in range(len(p_ids), len(full)) if full[i] in eos), len(full))
         chats.append(Chat(rec.get("id"), full[:end], len(p_ids)))
+    prefix = shared_prefix([c.ids for c in chats])
+    for c in chats:
+        c.shared = len(prefix) if len(c.ids) > len(prefix) and c.ids[:len(prefix)] == prefix else 0
     return chats
 
 
@@ -101,7 +131,8 @@ class Reference:
         from edgedistill.rundir import digest
 
         return json.dumps([digest(self.run.merged_dir)["sha256"],
-                           digest(self.run.eval_data)["sha256"] if self.run.eval_data.exists() else None])
+                           digest(self.run.eval_data)["sha256"] if self.run.eval_data.exists() else None,
+                           "shared-prefix"])  # the layout: a cache from before it is recomputed
 
     def load(self) -> list[Chat]:
         """The chats, computing and caching the reference when the cache is stale."""
@@ -111,7 +142,7 @@ class Reference:
         meta = self.dir / "meta.json"
         if meta.exists() and json.loads(meta.read_text()).get("key") == key:
             m = json.loads(meta.read_text())
-            self.chats = [Chat(c["id"], c["ids"], c["answer_start"]) for c in m["chats"]]
+            self.chats = [Chat(c["id"], c["ids"], c["answer_start"], c["shared"]) for c in m["chats"]]
             return self.chats
         self.chats = eval_chats(self.run)
         if self.chats:
@@ -126,23 +157,30 @@ class Reference:
 
         from edgedistill import runtimes
 
-        log.info("quantization loss: the merged student's log-probabilities over %d eval chats",
-                 len(self.chats))
+        log.info("quantization loss: the merged student's log-probabilities over %d eval chats "
+                 "(%d of them continue a %d-token shared prefix)", len(self.chats),
+                 sum(1 for c in self.chats if c.shared), max(c.shared for c in self.chats))
         tensors = {}
         with runtimes.load("hf", self.run.merged_dir) as hf:
-            for i, c in enumerate(self.chats):
-                tensors[f"lp_{i}"] = log_softmax(hf.logits(c.ids)[:-1]).astype(np.float16)
+            for prefix, idx in _groups(self.chats):
+                suffixes = [self.chats[i].ids[len(prefix):] for i in idx]
+                for j, logits in prefix_logits.hf_logits(hf.model, prefix, suffixes):
+                    name = "prefix" if j < 0 else f"lp_{idx[j]}"
+                    tensors[name] = log_softmax(logits if j < 0 else logits[:-1]).astype(np.float16)
         tmp = self.dir.with_name(self.dir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / "logprobs.safetensors"))
         (tmp / "meta.json").write_text(json.dumps({"key": key, "chats": [
-            {"id": c.id, "ids": c.ids, "answer_start": c.answer_start} for c in self.chats]}))
+            {"id": c.id, "ids": c.ids, "answer_start": c.answer_start, "shared": c.shared}
+            for c in self.chats]}))
         shutil.rmtree(self.dir, ignore_errors=True)
         tmp.replace(self.dir)
 
     def logprobs(self):
-        """A reader: ``get(i)`` → float32 log-probabilities [len(ids) - 1, vocab] of chat i."""
+        """A reader: ``get_tensor("prefix")`` → float16 log-probabilities [prefix length, vocab] at
+        the shared prefix's positions; ``get_tensor(f"lp_{i}")`` → those of chat i's positions
+        after it ([len(ids) - 1 - shared, vocab])."""
         from safetensors import safe_open
 
         return safe_open(str(self.dir / "logprobs.safetensors"), framework="numpy")
@@ -183,6 +221,18 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> di
     return {"difference": round(float(kl.sum() / max(n.sum(), 1)), 6), "ci95": _bootstrap_ratio(kl, n, seed)}
 
 
+def _compare(p: "np.ndarray", q: "np.ndarray") -> tuple["np.ndarray", "np.ndarray", int]:
+    """Per position: KL(reference log-probabilities ``p`` ‖ artifact logits ``q``), whether their
+    argmax agrees; and how many positions hold a non-finite logit."""
+    import numpy as np
+
+    width = min(p.shape[1], q.shape[1])
+    bad = int((~np.isfinite(q[:, :width])).any(axis=1).sum())
+    lq = log_softmax(q[:, :width])
+    lp = log_softmax(p[:, :width])  # renormalised after float16 storage: KL stays >= 0
+    return (np.exp(lp) * (lp - lq)).sum(axis=1), lp.argmax(axis=1) == lq.argmax(axis=1), bad
+
+
 def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str, Any] | None:
     """The quantization loss of the artifact at ``path`` (runtime ``kind``) against the merged
     student; None when the run has no eval chats to measure on."""
@@ -197,21 +247,25 @@ def measure(ref: Reference, kind: str, path: Path, calibration: str) -> dict[str
         return None
     per = np.zeros((len(chats), 6))  # answer: kl sum, agree, n; whole: kl sum, agree, n
     non_finite = 0
+    source = prefix_logits.gguf_logits if kind == "gguf" else prefix_logits.whole_logits
     with runtimes.load(kind, path) as rt, ref.logprobs() as lp_file:
-        for i, c in enumerate(chats):
-            q = rt.logits(c.ids)
-            if q is None:
-                raise DataError(f"the {kind} runtime exposes no logits; the quantization loss of "
-                                f"{path.name} cannot be measured.")
-            p = lp_file.get_tensor(f"lp_{i}")
-            width = min(p.shape[1], q.shape[1])
-            non_finite += int((~np.isfinite(q[:-1, :width])).any(axis=1).sum())
-            lq = log_softmax(q[:-1, :width])
-            lp = log_softmax(p[:, :width])  # renormalised after float16 storage: KL stays >= 0
-            kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
-            agree = lp.argmax(axis=1) == lq.argmax(axis=1)
-            a = slice(c.answer_start - 1, None)
-            per[i] = [kl[a].sum(), agree[a].sum(), len(kl[a]), kl.sum(), agree.sum(), len(kl)]
+        for prefix, idx in _groups(chats):
+            head = None  # the prefix positions' (kl, agree, non-finite), the same in every chat
+            for j, q in source(rt, prefix, [chats[i].ids[len(prefix):] for i in idx]):
+                if q is None:
+                    raise DataError(f"the {kind} runtime exposes no logits; the quantization loss of "
+                                    f"{path.name} cannot be measured.")
+                if j < 0:
+                    head = _compare(lp_file.get_tensor("prefix"), q)
+                    continue
+                i = idx[j]
+                kl, agree, bad = _compare(lp_file.get_tensor(f"lp_{i}"), q[:-1])
+                if head is not None:
+                    kl, agree, bad = (np.concatenate([head[0], kl]), np.concatenate([head[1], agree]),
+                                      head[2] + bad)
+                non_finite += bad
+                a = slice(chats[i].answer_start - 1, None)
+                per[i] = [kl[a].sum(), agree[a].sum(), len(kl[a]), kl.sum(), agree.sum(), len(kl)]
     total = per.sum(axis=0)
     if non_finite:  # a broken artifact: no divergence to report, and no gate may pass it
         log.warning("%s: its logits are not finite at %d of %d positions", path.name, non_finite,
