@@ -235,7 +235,8 @@ def render(s: dict, name: str = "demo") -> str:
                  _n(r.get("retention")) + _ci(r.get("retention_ci95"))]
         for name in sets:
             e = (r.get("eval_sets") or {}).get(name) or {}
-            cells.append(f"{_n(e.get('score'))} / {_n(e.get('retention'))}")
+            cells.append(f"{_n(e.get('score'))} / {_n(e.get('retention'))}"
+                         + (f" ({_n(e['in_form'])} in form)" if e.get("in_form") is not None else ""))
         if judge:
             j = r.get("judge") or {}
             ret = _n(r.get("judge_retention")) + _ci(r.get("judge_retention_ci95")) \
@@ -268,6 +269,9 @@ def render(s: dict, name: str = "demo") -> str:
            + (f"teacher's replies to {ev['n']} held-out conversations" if s.get("reference") == "teacher" else
               f"gold answers of {ev['n']} held-out questions")
            + "".join(f" and of the {v['n']} questions of `{k}`" for k, v in (ev.get("sets") or {}).items())
+           + ("" if not any((e.get("in_form") is not None) for r in [s["teacher"], *s["artifacts"]]
+                            for e in (r.get("eval_sets") or {}).values()) else
+              " (a question that asks for only the value or a whole sentence counts as right only in that form)")
            + "; 95% intervals by bootstrap over the eval examples (paired for retention).", "", *lines, ""]
     cal = s.get("judge_calibration")
     if judge and cal:

@@ -5,6 +5,7 @@ puzzles, comparisons), the demo's QA task.
     python scripts/make_demo_data.py --rephrased [--seed 7] [--n 90]       # data/demo-rephrased.jsonl
     python scripts/make_demo_data.py --train [--n 600] [--kinds add,sub,mul,larger:70]
                                                                            # data/demo-train.jsonl
+    python scripts/make_demo_data.py --forms [--seed 11] [--n 72]          # data/demo-forms.jsonl
 
 demo-train.jsonl holds more questions for training only (data.train_sets): the generator's next
 questions after demo.jsonl's (same seed), so none repeats a demo.jsonl question, of the kinds
@@ -14,6 +15,14 @@ split, and 70 comparisons (without them it answers comparisons worded differentl
 kinds it already answers about as well as the teacher get no more. Each sum, difference or
 product is asked in one of five wordings in turn (TRAIN_WORDINGS: the generator's and four more,
 none of the rephrased set's), so the student learns the operation, not one sentence.
+
+Every fourth train-only question also states the form its answer must take, in turn only the
+value or a whole sentence (TRAIN_FORM_ASKS), with ``"format": "value"`` or ``"sentence"`` on the
+record: the teacher's answer becomes a label only in that form (evaluate.tasks.in_form), so the
+student learns to do what a prompt asks about form, not one answer style for every prompt.
+demo-forms.jsonl asks the nine kinds for one form or the other in words none of the train
+questions use (EVAL_FORM_ASKS), half each, scored right only when the answer is also in the form
+asked (docs/forms.md).
 
 demo.jsonl uses one wording per kind of question. demo-rephrased.jsonl asks the same nine kinds
 in other words (three wordings per kind, none of them the generator's), so a student that learnt
@@ -149,6 +158,51 @@ TRAIN_WORDINGS = {
 }
 
 
+# How a question asks for the form of its answer: only the value (named per kind) or a sentence.
+NOUN = {"add": "number", "sub": "number", "mul": "number", "length": "number", "larger": "number",
+        "capital": "city name", "first": "letter", "last": "letter", "opposite": "word"}
+TRAIN_FORM_ASKS = {"value": ("Answer with the {noun} only.", "Give only the {noun}."),
+                   "sentence": ("Answer in a full sentence.", "Please answer with a complete sentence.")}
+EVAL_FORM_ASKS = {"value": ("Reply with just the {noun}, nothing else.", "Only the {noun}, please."),
+                  "sentence": ("Reply in one whole sentence.", "Write your answer as a sentence.")}
+
+
+def form_asked(row: dict, form: str, ask: str) -> dict:
+    """``row`` whose question asks for ``form`` in the words ``ask`` (instead of the generator's own
+    "Answer with one word.", where it has one)."""
+    question = row["prompt"].removesuffix(" Answer with one word.")
+    return {**row, "prompt": f"{question} {ask.format(noun=NOUN[row['kind']])}", "format": form}
+
+
+def with_forms(rows: list[dict], every: int = 4) -> list[dict]:
+    """Every ``every``-th row asks for a form: value and sentence in turn, each in its asks in turn."""
+    out = []
+    for i, r in enumerate(rows):
+        if i % every == every - 1:
+            k = i // every
+            form = ("value", "sentence")[k % 2]
+            asks = TRAIN_FORM_ASKS[form]
+            r = form_asked(r, form, asks[(k // 2) % len(asks)])
+        out.append(r)
+    return out
+
+
+def forms(rng: random.Random, n: int) -> list[dict]:
+    """The nine kinds in the generator's wording, each asking for a form in EVAL_FORM_ASKS' words:
+    an equal share of each kind, value and sentence in turn within a kind."""
+    pool = make(rng, 40 * n)
+    rows, taken = [], {}
+    for r in pool:
+        k = taken.get(r["kind"], 0)
+        if k >= -(-n // len(KINDS)) or len(rows) >= n:
+            continue
+        taken[r["kind"]] = k + 1
+        form = ("value", "sentence")[k % 2]
+        asks = EVAL_FORM_ASKS[form]
+        rows.append({**form_asked(r, form, asks[(k // 2) % len(asks)]), "id": f"forms-{len(rows):04d}"})
+    return rows
+
+
 def reworded(rows: list[dict]) -> list[dict]:
     """``rows`` with each arithmetic question in the next of its kind's TRAIN_WORDINGS."""
     out, turn = [], {}
@@ -194,8 +248,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rephrased", action="store_true", help="write the reworded eval set instead")
     ap.add_argument("--train", action="store_true", help="write the train-only questions instead")
-    ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased)")
-    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased), 600 (train)")
+    ap.add_argument("--forms", action="store_true", help="write the eval set that asks for forms instead")
+    ap.add_argument("--seed", type=int, default=None, help="default: 20261128 (demo), 7 (rephrased), 11 (forms)")
+    ap.add_argument("--n", type=int, default=None, help="default: 300 (demo), 90 (rephrased), 600 (train), 72 (forms)")
     ap.add_argument("--kinds", default=",".join(TRAIN_KINDS),
                     help="--train: the kinds kept, comma-separated, each optionally with the most kept (larger:70)")
     ap.add_argument("--out", type=Path, default=None)
@@ -217,8 +272,11 @@ def main() -> None:
                 rows.append(r)
         if len(rows) < n:
             ap.error(f"--train: the generator has only {len(rows)} more questions of {args.kinds}")
-        rows = [{**r, "id": f"train-{i:04d}"} for i, r in enumerate(reworded(rows))]
+        rows = [{**r, "id": f"train-{i:04d}"} for i, r in enumerate(with_forms(reworded(rows)))]
         args.out = args.out or OUT.with_name("demo-train.jsonl")
+    elif args.forms:
+        rows = forms(random.Random(11 if args.seed is None else args.seed), args.n or 72)
+        args.out = args.out or OUT.with_name("demo-forms.jsonl")
     elif args.rephrased:
         rows = rephrased(random.Random(7 if args.seed is None else args.seed), args.n or 90)
         args.out = args.out or OUT.with_name("demo-rephrased.jsonl")

@@ -16,7 +16,7 @@ DATA = ROOT / "edgedistill" / "profiles" / "data"
 
 
 @pytest.mark.parametrize("name, flags", [("demo.jsonl", []), ("demo-rephrased.jsonl", ["--rephrased"]),
-                                         ("demo-train.jsonl", ["--train"])])
+                                         ("demo-train.jsonl", ["--train"]), ("demo-forms.jsonl", ["--forms"])])
 def test_the_demo_files_are_what_the_generator_writes(tmp_path, name, flags):
     out = tmp_path / name
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), *flags, "--out", str(out)],
@@ -47,6 +47,9 @@ def test_train_wordings_are_not_the_rephrased_sets():
     ops = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
     used = set()
     for r in rows:
+        if r.get("format"):  # the question, then the form it asks for
+            asks = [a.format(noun=m.NOUN[r["kind"]]) for a in m.TRAIN_FORM_ASKS[r["format"]]]
+            r = {**r, "prompt": next(r["prompt"].removesuffix(" " + a) for a in asks if r["prompt"].endswith(a))}
         for w in m.TRAIN_WORDINGS[r["kind"]]:
             pattern = re.escape(w).replace(re.escape("{a}"), r"(?P<a>\d+)").replace(re.escape("{b}"), r"(?P<b>\d+)")
             hit = re.fullmatch(pattern, r["prompt"])
@@ -57,6 +60,22 @@ def test_train_wordings_are_not_the_rephrased_sets():
         else:
             raise AssertionError(f"not in TRAIN_WORDINGS: {r}")
     assert used == {w for ws in m.TRAIN_WORDINGS.values() for w in ws}
+
+
+def test_every_fourth_train_question_asks_for_a_form_the_forms_set_asks_in_other_words():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_demo_data as m
+
+    train = [json.loads(line) for line in (DATA / "demo-train.jsonl").read_text().splitlines()]
+    forms = [json.loads(line) for line in (DATA / "demo-forms.jsonl").read_text().splitlines()]
+    asked = [r for r in train if r.get("format")]
+    assert [r["id"] for r in asked] == [f"train-{i:04d}" for i in range(3, 600, 4)]
+    assert sum(r["format"] == "sentence" for r in asked) == len(asked) // 2
+    assert len(forms) == 72 and {r["kind"] for r in forms} == set(m.KINDS)
+    assert sorted(r["format"] for r in forms) == ["sentence"] * 36 + ["value"] * 36
+    train_asks = {a.format(noun=n) for asks in m.TRAIN_FORM_ASKS.values() for a in asks for n in m.NOUN.values()}
+    for r in forms:  # asked in words no train question uses, and never "in one word" and a sentence
+        assert not any(r["prompt"].endswith(a) for a in train_asks) and "Answer with one word" not in r["prompt"]
 
 
 def test_train_kinds_are_checked(tmp_path):

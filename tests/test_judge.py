@@ -445,3 +445,25 @@ def test_an_unreachable_judge_exits_2_within_seconds(conv_run):
     assert res.exit_code == 2, res.output
     assert time.monotonic() - t0 < 30
     assert "Traceback" not in res.output
+
+
+def test_the_teacher_is_asked_again_only_on_the_conversations_the_judge_calibrates_on(tmp_path, monkeypatch):
+    """eval.judge.calibration_n: the resample is judged on the first N conversations only, so the
+    teacher is asked again on those only (the support profile's run: 40 of 101)."""
+    from edgedistill.evaluate import ladder
+
+    records = [{**r, "id": f"{r['id']}-{k}"} for k in range(3) for r in conv_records()]
+    run = make_run(tmp_path, records, task="conversation", gates={"min_retention": None},
+                   eval={"judge": {"calibration_n": 10}})
+    asked = []
+
+    def resample(run_, stage, examples):
+        asked.extend(ex["id"] for ex in examples)
+        return [{"prediction": ex["response"], "finish_reason": "stop"} for ex in examples]
+
+    monkeypatch.setattr(ladder, "_resample", resample)
+    monkeypatch.setattr(ladder, "_rungs", lambda run_: [])
+    ladder.evaluate(run)
+    assert len(records) == 12 and asked == [r["id"] for r in read_jsonl(run.eval_data)][:10]
+    summary = ladder.load_summary(run)
+    assert summary["rungs"]["teacher_resample"]["n"] == 10 and summary["n"] == 12

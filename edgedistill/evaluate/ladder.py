@@ -96,7 +96,7 @@ def _generate_all(kind: str, path: Path, examples: list[dict[str, Any]], max_new
 
 
 def _resample(run: Run, stage: Stage, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The teacher's second reply to every eval example: at ``teacher.temperature`` (at
+    """The teacher's second reply to each of ``examples``: at ``teacher.temperature`` (at
     ``teacher.sample_temperature`` when that is 0, where a second greedy reply would be the first
     again), through the teacher's backend, every answer in RUN/data/teacher-resample.jsonl as it
     arrives (a killed eval asks only what is missing)."""
@@ -182,8 +182,10 @@ def evaluate(run: Run, *, force: bool = False) -> None:
                  "finish_reason": (r.get("provenance") or {}).get("finish_reason")} for r in examples])
             _write_rung(run, stage, summaries[name], {"name": TEACHER, "model": recipe.teacher.model,
                                                       "kind": "teacher"}, teacher_rows, task, None, name)
-        if task in FREE_TEXT_TASKS and recipe.eval.judge_config(task) is not None:  # the judge's parity check
-            examples = sets["eval"][0]
+        judge = recipe.eval.judge_config(task)
+        if task in FREE_TEXT_TASKS and judge is not None:  # the judge's parity check
+            # on the examples the judge calibrates on (the first eval.judge.calibration_n)
+            examples = sets["eval"][0][:judge.calibration_n or None]
             _write_rung(run, stage, summaries["eval"], {"name": RESAMPLE, "model": recipe.teacher.model,
                                                         "kind": "teacher"},
                         _score_rows(task, examples, _resample(run, stage, examples)), task, None, "eval")

@@ -7,6 +7,10 @@
 | nli, classification          | accuracy        | accuracy (label of the reply == gold label) |
 | summarization, conversation  | rouge_l         | rouge_l (rouge-score, F1), chrf (sacrebleu) |
 
+A qa or math record that asks for a form (``"format": "value"`` or ``"sentence"``,
+:func:`edgedistill.evaluate.tasks.in_form`) also gets ``in_form``, and its primary score counts only
+an answer that is right *and* in that form; ``exact_match`` / ``numeric_match`` stay the value alone.
+
 Answers are pulled out of replies with :func:`edgedistill.evaluate.tasks.extract_answer` and compared after
 :func:`edgedistill.evaluate.tasks.normalize_answer`. A corpus score is the mean of the per-example primary
 scores, so every number can be recomputed from RUN/eval/<artifact>.jsonl.
@@ -17,7 +21,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from edgedistill.evaluate.tasks import canonical_number, extract_answer, last_number, normalize_answer
+from edgedistill.evaluate.tasks import (canonical_number, extract_answer, in_form, last_number, normalize_answer,
+                                       requested_form)
 
 PRIMARY = {
     "qa": "exact_match",
@@ -101,6 +106,10 @@ def score_example(task: str, prediction: str | None, reference: str,
         elif numeric is None:  # math with a non-numeric gold answer: fall back to the string
             out["numeric_match"] = float(exact)
     out["score"] = float(out[PRIMARY[task]])
+    form = requested_form(record) if task in ("qa", "math") else None
+    if form:
+        out["in_form"] = float(in_form(form, prediction, pred_answer))
+        out["score"] *= out["in_form"]
     return out
 
 
@@ -120,5 +129,10 @@ def aggregate(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
     for name in names:
         values = [r[name] for r in rows if r.get(name) is not None]
         out[name] = round(sum(values) / len(values), 6) if values else None
-    out["score"] = out[PRIMARY[task]] if out[PRIMARY[task]] is not None else 0.0
+    formed = [r for r in rows if r.get("in_form") is not None]
+    if formed:  # records that ask for a form: the share in it, and the score (right and in form)
+        out["in_form"] = round(sum(r["in_form"] for r in formed) / len(formed), 6)
+    scored = [r["score"] for r in rows if r.get("score") is not None]
+    out["score"] = round(sum(scored) / len(scored), 6) if formed and scored else \
+        out[PRIMARY[task]] if out[PRIMARY[task]] is not None else 0.0
     return out

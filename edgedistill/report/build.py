@@ -94,6 +94,8 @@ def build(run: Run) -> dict[str, Any]:
             if r:
                 out[set_name] = {k: r.get(k) for k in ("score", "score_ci95", "retention", "retention_ci95")}
                 out[set_name]["eval_n"] = r.get("n", s.get("n"))
+                if (r.get("metrics") or {}).get("in_form") is not None:  # its prompts ask for a form
+                    out[set_name]["in_form"] = r["metrics"]["in_form"]
         return out
 
     judged = load_judge_summary(run) if recipe.eval.judge_config(recipe.task) else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SETS_HEAD = ["rung", "eval set", "score", "score 95% CI", "retention", "retention 95% CI", "n"]
+SETS_HEAD = ["rung", "eval set", "score", "score 95% CI", "retention", "retention 95% CI", "in form", "n"]
 
 
 def _fmt(v: Any) -> str:
@@ -28,7 +28,8 @@ def eval_set_rows(data: dict[str, Any]) -> list[list[str]]:
     for label, r in named:
         for name, s in (r.get("eval_sets") or {}).items():
             rows.append([label, name, _fmt(s.get("score")), _interval(s.get("score_ci95")),
-                         _fmt(s.get("retention")), _interval(s.get("retention_ci95")), _fmt(s.get("eval_n"))])
+                         _fmt(s.get("retention")), _interval(s.get("retention_ci95")), _fmt(s.get("in_form")),
+                         _fmt(s.get("eval_n"))])
     return rows
 
 
