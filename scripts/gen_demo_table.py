@@ -285,8 +285,10 @@ def render(s: dict, name: str = "demo") -> str:
                 f"{_n(cal.get('swap_consistency'))}: {'trusted' if cal.get('trusted') else 'not trusted'} "
                 f"(eval.judge.min_agreement {cal.get('min_agreement')})"
                 + (f"; it read {cost.get('prompt_tokens')} prompt tokens ({cost.get('decoded_tokens')} decoded "
-                   f"once prefixes were shared) in {cost['seconds']:.0f} s for {cost.get('questions')} of the "
-                   f"{judge.get('unique_questions')} questions"
+                   f"once prefixes were shared) in {cost['seconds']:.0f} s for "
+                   + (f"its {cost.get('questions')} questions"
+                      if cost.get("questions") == judge.get("unique_questions") else
+                      f"{cost.get('questions')} of the {judge.get('unique_questions')} questions")
                    + (" (a run killed before it finished asked the others)"
                       if (cost.get("questions") or 0) < (judge.get("unique_questions") or 0) else "") + "."
                    if cost.get("seconds") else "."), ""]

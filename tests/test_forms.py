@@ -81,3 +81,28 @@ def test_a_teacher_answer_in_another_form_is_no_training_label():
     assert v.index == 1
     # free-text tasks ignore it (a reply has no value to be alone)
     assert check_answer("conversation", "Hello there, how can I help?", VALUE) is None
+
+
+def test_compare_forms_counts_each_form_from_the_run(tmp_path):
+    """scripts/compare_forms.py (docs/forms.md's figures) reads the rows eval wrote."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    (run / "eval" / "forms").mkdir(parents=True)
+    (run / "data").mkdir()
+    recs = [{"id": "forms:a", **VALUE}, {"id": "forms:b", **SENTENCE}]
+    (run / "data" / "eval-forms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rungs = {}
+    for rung, replies in {"teacher": ["Paris", "6 times 7 is 42."], "student_merged": ["It is Paris.", "42"]}.items():
+        out = [{"id": r["id"], **metrics.score_example("qa", t, r["answer"], record=r)} for r, t in zip(recs, replies)]
+        (run / "eval" / "forms" / f"{rung}.jsonl").write_text("".join(json.dumps(o) + "\n" for o in out))
+        score = metrics.aggregate(out, "qa")["score"]
+        rungs[rung] = {"score": score, "retention": score, "score_ci95": [0, 1], "retention_ci95": [0, 1]}
+    (run / "eval" / "summary.json").write_text(json.dumps({"sets": {"forms": {"n": 2, "rungs": rungs}}}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_forms.py"
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, check=True).stdout
+    assert "teacher          1.000" in out and "value: in form 1, right 1, both 1 of 1" in out
+    assert "student_merged   0.000" in out and "sentence: in form 0, right 1, both 0 of 1" in out
