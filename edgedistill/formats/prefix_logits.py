@@ -86,8 +86,8 @@ def gguf_logits(rt: Any, prefix: list[int], suffixes: list[list[int]]):
         rows, cuts = [], sorted({0, len(ids), *range(-start % nb, len(ids), nb)})
         for a, b in zip(cuts, cuts[1:]):
             for n, tok in enumerate(ids[a:b]):
-                dec._add(n, tok, start + a + n, seq, True)
-            dec._decode(b - a)
+                dec.add_token(n, tok, start + a + n, seq, True)
+            dec.decode_batch(b - a)
             out = np.ctypeslib.as_array(lc.llama_get_logits(dec.ctx), shape=(b - a, rt.n_vocab))
             rows.append(out.copy())
         return np.concatenate(rows) if rows else np.zeros((0, rt.n_vocab), np.float32)
@@ -95,7 +95,7 @@ def gguf_logits(rt: Any, prefix: list[int], suffixes: list[list[int]]):
     lens = [p + len(s) for s in suffixes]
     top = min([0, *range(MIN_ROWS, kept(max(lens, default=0)) + 1, ALIGN)],
               key=lambda t: t + sum(n - t if t and kept(n) >= t else n for n in lens))
-    dec._open(top + max(lens, default=0) + 8)
+    dec.open_context(top + max(lens, default=0) + 8)
     try:
         head = decode(prefix[:top], 0, 1)
         for i, (n, suffix) in enumerate(zip(lens, suffixes)):

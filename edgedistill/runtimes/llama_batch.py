@@ -102,7 +102,7 @@ class BatchedDecoder:
         self.ctx = None
 
     # --- the context -----------------------------------------------------------------------
-    def _open(self, n_ctx: int) -> None:
+    def open_context(self, n_ctx: int) -> None:
         lc = self.lc
         p = lc.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = n_ctx, self.n_batch, self.n_batch
@@ -138,12 +138,12 @@ class BatchedDecoder:
         return chain
 
     # --- one step ----------------------------------------------------------------------------
-    def _add(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    def add_token(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch
         b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = token, pos, 1, logits
         b.seq_id[n][0] = seq
 
-    def _decode(self, n: int) -> None:
+    def decode_batch(self, n: int) -> None:
         self.batch.n_tokens = n
         rc = self.lc.llama_decode(self.ctx, self.batch)
         if rc != 0:
@@ -155,8 +155,8 @@ class BatchedDecoder:
         for start in range(0, len(ids), self.n_batch):
             chunk = ids[start:start + self.n_batch]
             for i, tok in enumerate(chunk):
-                self._add(i, tok, start + i, self.slots, False)
-            self._decode(len(chunk))
+                self.add_token(i, tok, start + i, self.slots, False)
+            self.decode_batch(len(chunk))
 
     def _top_logprobs(self, idx: int, chosen: int, k: int) -> dict[str, Any]:
         import numpy as np
@@ -204,7 +204,7 @@ class BatchedDecoder:
                                 f"this decoder has {self.slots}.", hint="Raise teacher.concurrency.")
         prefix_len = common_prefix([j.prompt_ids for j in jobs])
         per_slot = max(len(j.prompt_ids) - prefix_len + j.max_tokens for j in jobs) + 1
-        self._open(prefix_len + self.slots * per_slot + 8)
+        self.open_context(prefix_len + self.slots * per_slot + 8)
         try:
             self._prefill_prefix(jobs[0].prompt_ids[:prefix_len])
             self._loop(deque(jobs), prefix_len, done)
@@ -217,7 +217,7 @@ class BatchedDecoder:
         KV cache all sequences share): ``take(idle)`` returns the jobs that arrived since it was
         last called (while ``idle``, nothing is in flight and it may wait for one), or None to
         stop once the jobs in flight are done. No shared prefix: each prompt is its own."""
-        self._open(n_ctx)
+        self.open_context(n_ctx)
         try:
             self._loop(deque(), 0, done, take)
         finally:
@@ -260,7 +260,7 @@ class BatchedDecoder:
             for g in groups:  # generating slots first: one token each
                 for s in g:
                     if s.result is None and s.feed and (not s.leader or s.out):
-                        self._add(n, s.feed[0], s.pos, s.seq, True)
+                        self.add_token(n, s.feed[0], s.pos, s.seq, True)
                         wants.append((n, s))
                         n += 1
             for g in groups:  # then prompts, in chunks that fit
@@ -270,7 +270,7 @@ class BatchedDecoder:
                 take = lead.feed[: self.n_batch - n]
                 for i, tok in enumerate(take):
                     last = i == len(take) - 1 and len(take) == len(lead.feed)
-                    self._add(n, tok, lead.pos + i, lead.seq, last)
+                    self.add_token(n, tok, lead.pos + i, lead.seq, last)
                     if last:
                         wants.append((n, lead))
                     n += 1
@@ -278,7 +278,7 @@ class BatchedDecoder:
                 lead.feed = lead.feed[len(take):]
             if n == 0:
                 raise ArtifactError("the batched decoder has nothing to decode (a bug)")
-            self._decode(n)
+            self.decode_batch(n)
             for idx, s in wants:
                 if s.leader and not s.out and s.pos == len(s.job.prompt_ids):  # prompt just finished
                     g = next(g for g in groups if g[0] is s)
@@ -333,7 +333,7 @@ def next_token_logprobs(rt: Runtime, groups: list[list[list[int]]], token_ids: l
     need = max(common_prefix(c) + sum(len(p) - common_prefix(c) for p in c) for _, _, c in chunks)
     stats = ScoreStats()
     t0 = time.perf_counter()
-    dec._open(need + 8)
+    dec.open_context(need + 8)
     try:
         held: list[int] = []
         for g, first, chunk in chunks:
@@ -345,8 +345,8 @@ def next_token_logprobs(rt: Runtime, groups: list[list[list[int]]], token_ids: l
             for start in range(0, len(todo), dec.n_batch):
                 part = todo[start:start + dec.n_batch]
                 for i, tok in enumerate(part):
-                    dec._add(i, tok, keep + start + i, pre_seq, False)
-                dec._decode(len(part))
+                    dec.add_token(i, tok, keep + start + i, pre_seq, False)
+                dec.decode_batch(len(part))
             held = chunk[0][:pre]
             stats.decoded_tokens += len(todo)
             feeds = []
@@ -363,10 +363,10 @@ def next_token_logprobs(rt: Runtime, groups: list[list[list[int]]], token_ids: l
                 part = flat[start:start + dec.n_batch]
                 wants = []
                 for n, (s, pos, tok, last) in enumerate(part):
-                    dec._add(n, tok, pos, s, last)
+                    dec.add_token(n, tok, pos, s, last)
                     if last:
                         wants.append((n, s))
-                dec._decode(len(part))
+                dec.decode_batch(len(part))
                 for n, s in wants:
                     row = np.ctypeslib.as_array(lc.llama_get_logits_ith(dec.ctx, n),
                                                 shape=(rt.n_vocab,)).astype(np.float64)
