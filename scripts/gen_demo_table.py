@@ -242,7 +242,8 @@ def render(s: dict, name: str = "demo") -> str:
             ret = _n(r.get("judge_retention")) + _ci(r.get("judge_retention_ci95")) \
                 if r.get("judge_retention") is not None else ""
             if gold_judge:
-                cells += [_n(r.get("judge_score")) + _ci(r.get("judge_score_ci95")), ret]
+                cells += [_n(r.get("judge_score")) + _ci(r.get("judge_score_ci95"))
+                          + (f" (n={j['n']})" if j.get("n") and j.get("n") != s["eval"]["n"] else ""), ret]
             else:
                 cells += [ret + (f" (n={j['n']})" if ret and j.get("n") != s["eval"]["n"] else ""),
                           f"{j['wins']} / {j['ties']} / {j['losses']}" if "wins" in j else "",
@@ -281,8 +282,10 @@ def render(s: dict, name: str = "demo") -> str:
                if judge.get("is_teacher") else judge.get("model"))
         out += [f"The judge ({who}; verdicts from "
                 f"{judge.get('verdicts_from')}) agreed with {_n(cal.get('agreement'))} of {cal.get('n')} verdicts "
-                f"known in advance ({known}), Cohen's kappa {_n(cal.get('kappa'))}, swap consistency "
-                f"{_n(cal.get('swap_consistency'))}: {'trusted' if cal.get('trusted') else 'not trusted'} "
+                f"known in advance ({known}), Cohen's kappa {_n(cal.get('kappa'))}"
+                + (f", swap consistency {_n(cal.get('swap_consistency'))}"
+                   if cal.get("swap_consistency") is not None else "")
+                + f": {'trusted' if cal.get('trusted') else 'not trusted'} "
                 f"(eval.judge.min_agreement {cal.get('min_agreement')})"
                 + (f"; it read {cost.get('prompt_tokens')} prompt tokens ({cost.get('decoded_tokens')} decoded "
                    f"once prefixes were shared) in {cost['seconds']:.0f} s for "

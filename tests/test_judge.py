@@ -402,7 +402,7 @@ def test_gold_tasks_judge_right_and_in_form(tmp_path, tiny_model_dir, smollm2_gg
     def form(q):  # "right and in the form asked": the bare number
         text = q.messages[1]["content"]
         gold = text.split("[The right answer]\n")[1].split("\n")[0]
-        reply = text.split("[Reply]\n")[1].split("\n\nIs the reply")[0]
+        reply = text.split("[Reply]\n")[1]  # the reply comes last, after the question
         return {"label": "Yes" if reply.strip() == gold else "No"}
 
     monkeypatch.setattr(js, "ask", Scripted(form))
@@ -411,6 +411,34 @@ def test_gold_tasks_judge_right_and_in_form(tmp_path, tiny_model_dir, smollm2_gg
     assert data["teacher"]["score"] == 1.0  # exact match reads "The answer is 10." as right
     assert data["teacher"]["judge_score"] == pytest.approx(5 / 6)  # the judge sees the form
     assert data["judge"]["mode"] == "gold" and data["judge_calibration"]["n"] >= 5
+
+
+def test_gold_tasks_judge_the_student_before_on_the_calibration_conversations_only(
+        tmp_path, tiny_model_dir, smollm2_gguf, monkeypatch):
+    """eval.judge.calibration_n on a gold task: the student before distillation (judged for its
+    wrong replies, verdicts known in advance) is asked about on the first N examples only; its
+    judge retention divides by the teacher's judged score on those same examples."""
+    from edgedistill.evaluate.ladder import evaluate
+
+    recs = [{"id": f"q{i:02d}", "messages": [{"role": "user", "content": f"What is {i} + {i}?"}],
+             "response": str(2 * i) if i % 3 else "no idea", "answer": str(2 * i)} for i in range(14)]
+    run = make_run(tmp_path, recs, student={"model": str(tiny_model_dir)},
+                   eval={"max_new_tokens": 4, "judge": {"calibration_n": 10}},
+                   teacher={"backend": "gguf", "model": str(smollm2_gguf), "max_tokens": 8})
+    shutil.copytree(tiny_model_dir, run.merged_dir)
+    evaluate(run)
+    scripted = Scripted(lambda q: {"label": "No" if q.messages[1]["content"].endswith("no idea") else "Yes"})
+    monkeypatch.setattr(js, "ask", scripted)
+    js.judge(run)
+    ids = [r["id"] for r in read_jsonl(run.eval_data)]
+    rows = {r: read_jsonl(js.judge_dir(run) / f"{r}.jsonl") for r in ("teacher", "student_base", "student_merged")}
+    assert [r["id"] for r in rows["student_base"]] == ids[:10]
+    assert [r["id"] for r in rows["student_merged"]] == ids and [r["id"] for r in rows["teacher"]] == ids
+    summary = js.load_judge_summary(run)
+    teacher_yes = [int(i[1:]) % 3 != 0 for i in ids]  # the tiny student's replies are never "no idea"
+    assert summary["rungs"]["student_base"]["n"] == 10 and sum(teacher_yes[:10]) < 10
+    assert summary["rungs"]["student_base"]["judge_retention"] == pytest.approx(10 / sum(teacher_yes[:10]), abs=1e-6)
+    assert summary["teacher"]["judge_score"] == pytest.approx(sum(teacher_yes) / len(ids), abs=1e-6)
 
 
 # --- a real endpoint -----------------------------------------------------------------------------------

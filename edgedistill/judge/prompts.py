@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: the gold question before the reply
 
 PAIR_LABELS = ("A", "B", "C")
 RUBRIC_LABELS = ("1", "2", "3", "4", "5")
@@ -103,8 +103,11 @@ def rubric(messages: list[dict[str, str]], reply: str, facts: list[str] | None, 
 
 
 def gold(messages: list[dict[str, str]], reply: str, answer: str, max_words: int) -> list[dict[str, str]]:
-    user = (f"{_context(messages)}\n\n[The right answer]\n{answer}\n\n[Reply]\n{clip(reply, max_words)}\n\n"
-            "Is the reply right, and in the form the conversation asks for? Answer Yes or No.")
+    # the question before the reply, the right answer named in it: on a demo run the 1.5B teacher
+    # as judge agreed with 0.951 of 226 known verdicts so, 0.646 asked after the reply (docs/judge.md)
+    user = (f"{_context(messages)}\n\n[The right answer]\n{answer}\n\nDoes the reply below give the right "
+            f"answer, {answer}, in the form the conversation asks for? A reply that gives another answer, "
+            f"none, or stops before it is No. Answer Yes or No.\n\n[Reply]\n{clip(reply, max_words)}")
     return [system(None), {"role": "user", "content": user}]
 
 

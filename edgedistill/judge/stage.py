@@ -113,6 +113,8 @@ def _questions_for(recipe: Recipe, jc: JudgeConfig, judge_id: dict, ex: dict, re
     out: dict[str, dict[str, Question]] = {}
     if mode == "gold":
         for rung, reply in {"teacher": teacher, **replies}.items():
+            if rung in CALIBRATION_ONLY and not calibrate:
+                continue
             out[rung] = {"gold": q("gold", prompts.gold(msgs, reply, str(ex["answer"]), words))}
         return out
     out["teacher"] = {"rubric": q("rubric", prompts.rubric(msgs, teacher, facts, rubric_text, words))}
@@ -242,7 +244,7 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
         judged, known = {}, {}  # known: question key -> (expected, judged): a reply once, however many rungs gave it
         for rung in ["teacher"] + rungs:
             scores, rows = {}, []
-            for ex in examples:
+            for ex in (e for e in examples if rung in per_example[e["id"]]):
                 reply = ex.get("response") if rung == "teacher" else replies[rung].get(ex["id"])
                 v = verdict(ex["id"], rung, "gold")
                 label = (v or {}).get("label")
@@ -263,10 +265,11 @@ def summarize(recipe: Recipe, jc: JudgeConfig, mode: str, examples: list[dict], 
         for rung in rungs:
             s = judged[rung]
             mean = sum(s.values()) / len(s)
+            t_on = sum(teacher_scores[i] for i in s) / len(s)  # the teacher's on the same examples
             ci = rung_intervals(s, teacher_scores)
             out["rungs"][rung] = {
                 "judge_score": round(mean, 6), "judge_score_ci95": ci["score_ci95"],
-                "judge_retention": round(mean / t_mean, 6) if t_mean > 0 else None,
+                "judge_retention": round(mean / t_on, 6) if t_on > 0 else None,
                 "judge_retention_ci95": ci["retention_ci95"], "n": ci["n"],
                 "judge": {"n": ci["n"], "unscored": sum(1 for r in out["_rows"][rung] if r["judged"] is None)}}
         labels = list(prompts.GOLD_LABELS)

@@ -121,8 +121,9 @@ def judge_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"Note: {j['note']}.")
     known = ", ".join(f"{k}: {v['agreed']}/{v['n']}" for k, v in (c.get("by_expected") or {}).items())
     lines.append(f"Calibration on {c.get('n')} verdicts known in advance ({known or 'none'}): agreement "
-                 f"{_fmt(c.get('agreement'))}, Cohen's kappa {_fmt(c.get('kappa'))}, swap consistency "
-                 f"{_fmt(c.get('swap_consistency'))}; " +
+                 f"{_fmt(c.get('agreement'))}, Cohen's kappa {_fmt(c.get('kappa'))}" +
+                 (f", swap consistency {_fmt(c.get('swap_consistency'))}" if c.get("swap_consistency") is not None
+                  else "") + "; " +
                  ("trusted." if c.get("trusted") else f"not trusted: {c.get('reason')}; every judge gate is "
                                                      "indeterminate."))
     cost = j.get("cost") or {}
