@@ -188,6 +188,19 @@ def headline_sentence(heads: dict, target: str = "cpu-x86") -> str | None:
             f"{users}.")
 
 
+def _gates(r: dict) -> str:
+    """The run's gate verdict, the artifacts that missed, and the exit code it gives."""
+    g = r.get("gates") or {}
+    missed: dict[str, list[str]] = {}
+    for a in r["artifacts"]:
+        if a.get("verdict") not in (None, "pass"):
+            missed.setdefault(a["verdict"], []).append(a["id"])
+    lenient = (g.get("limits") or {}).get("on_indeterminate") == "pass"
+    code = 0 if g.get("verdict") == "pass" or (lenient and g.get("verdict") == "indeterminate") else 1
+    said = "; ".join(f"{v}: {', '.join(ids)}" for v, ids in missed.items()) or g.get("verdict")
+    return f"{said} (exit {code})"
+
+
 def render_students(s: dict, name: str) -> str:
     """The demo's shipped student beside another student's run of the same profile."""
     demo_path = snapshot_path("demo")
@@ -198,8 +211,8 @@ def render_students(s: dict, name: str) -> str:
            f"{host.get('cpu')} ({host.get('cores_logical')} cores); {s['metric']} on the {s['eval']['n']} "
            "held-out questions, the shipped artifact's retention with its 95% interval. Every "
            "artifact passed its parity check (export keeps no file that fails it).", "",
-           "| student | before → merged | shipped | retention [95% CI] | size | decode tok/s | peak RSS |",
-           "|---|---|---|---|---|---|---|"]
+           "| student | before → merged | shipped | retention [95% CI] | size | decode tok/s | peak RSS | gates (exit) |",
+           "|---|---|---|---|---|---|---|---|"]
     for _, r in runs:
         ship = (r.get("smallest_passing") or {}).get("cpu-x86")
         label = ship
@@ -211,7 +224,8 @@ def render_students(s: dict, name: str) -> str:
                    f"{_n(r['student_merged'].get('score'))} | {label or 'none'} | "
                    f"{_n(a.get('retention')) + _ci(a.get('retention_ci95'))} | "
                    f"{a['bytes'] / 1e6:.0f} MB | {_n(a.get('decode_tokens_per_s'), 0)} | "
-                   f"{_n(a.get('peak_rss_mb'), 0)} MB |" if a else f"| {r['student_base']['model']} | | none | | | | |")
+                   f"{_n(a.get('peak_rss_mb'), 0)} MB | {_gates(r)} |" if a else
+                   f"| {r['student_base']['model']} | | none | | | | | {_gates(r)} |")
     out += ["", f"Snapshot: `docs/{name}-results.json` (`python scripts/gen_demo_table.py RUN --name {name}`)."]
     return "\n".join(out) + "\n"
 

@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-PROMPT_VERSION = 2  # 2: the gold question before the reply
+PROMPT_VERSION = 1  # in every question key beside its text: bump when a verdict is read differently
 
 PAIR_LABELS = ("A", "B", "C")
 RUBRIC_LABELS = ("1", "2", "3", "4", "5")
