@@ -224,6 +224,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     # onnxruntime.quantization logs a line per graph node it leaves alone (hundreds per model)
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock", "onnxruntime.quantization"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quirks.install()  # a transformers warning that is false for every family but Mistral's
 
 
 @cli.command()
