@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from edgedistill import __version__, crashlog
+from edgedistill import __version__, crashlog, quirks
 from edgedistill.errors import USER_ERRNOS, EdgeDistillError, InternalError
 from edgedistill.registry import FORMAT_NAMES, STAGE_NAMES, stage_fn
 from edgedistill.serve.options import serve_options

@@ -49,3 +49,17 @@ def test_an_unreadable_folder_keeps_the_warning(tmp_path):
     assert quirks.MistralRegexFalseAlarm().filter(rec)
     other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else", None, None)
     assert quirks.MistralRegexFalseAlarm().filter(other)
+
+
+def test_every_cli_command_installs_the_filter():
+    import logging
+
+    from click.testing import CliRunner
+
+    from edgedistill.cli import cli
+
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.filters = [f for f in logger.filters if not isinstance(f, quirks.MistralRegexFalseAlarm)]
+    res = CliRunner().invoke(cli, ["models", "list"])
+    assert res.exit_code == 0, res.output
+    assert any(isinstance(f, quirks.MistralRegexFalseAlarm) for f in logger.filters)
