@@ -130,7 +130,8 @@ def snapshot(run_dir: Path) -> dict:
         "student_base": {k: report["student_base"].get(k) for k in rung_keys},
         "student_merged": {k: report["student_merged"].get(k) for k in rung_keys},
         "artifacts": arts, "smallest_passing": report.get("smallest_passing"),
-        "gates": {"verdict": report["gates"].get("verdict"), "limits": report.get("gate_limits")},
+        "gates": {"verdict": report["gates"].get("verdict"), "passed": report["gates"].get("passed"),
+                  "limits": report.get("gate_limits")},
         "headline": report.get("headline"),
         "by_kind": by_kind(run_dir, list(dict.fromkeys(  # each rung once
             ["teacher", "student_merged", (report.get("smallest_passing") or {}).get("cpu-x86") or "student_merged"]))),
@@ -189,14 +190,13 @@ def headline_sentence(heads: dict, target: str = "cpu-x86") -> str | None:
 
 
 def _gates(r: dict) -> str:
-    """The run's gate verdict, the artifacts that missed, and the exit code it gives."""
+    """The run's gate verdict, the artifacts that missed, and the exit code the run gave."""
     g = r.get("gates") or {}
     missed: dict[str, list[str]] = {}
     for a in r["artifacts"]:
         if a.get("verdict") not in (None, "pass"):
             missed.setdefault(a["verdict"], []).append(a["id"])
-    lenient = (g.get("limits") or {}).get("on_indeterminate") == "pass"
-    code = 0 if g.get("verdict") == "pass" or (lenient and g.get("verdict") == "indeterminate") else 1
+    code = 0 if g.get("passed") else 1  # report.json's gates.passed: what the run's exit code follows
     said = "; ".join(f"{v}: {', '.join(ids)}" for v, ids in missed.items()) or g.get("verdict")
     return f"{said} (exit {code})"
 
